@@ -1,0 +1,1 @@
+"""Inference engine: lazy frames, feature cache, tracker. Imports torch and numpy, never a GUI."""
