@@ -129,7 +129,10 @@ class SinePositionEncoding(nn.Module):
         grid = self._cache.get(key)
         if grid is None:
             grid = sine_position_encoding_2d(
-                x.shape[-2], x.shape[-1], self.channels, temperature=self.temperature,
+                x.shape[-2],
+                x.shape[-1],
+                self.channels,
+                temperature=self.temperature,
                 device=x.device,
             )
             self._cache[key] = grid

@@ -1,0 +1,395 @@
+"""One tracking engine for single images, z-stacks and time series.
+
+SAM 2 treats slices or time points as the frames of a video. The :class:`Tracker` reads frames
+lazily from any array-like, keeps a bounded cache of image features and a compact per-object
+state, and follows the semantics of Meta's ``SAM2VideoPredictor`` (release of 2024-12, with the
+defaults of ``build_sam2_video_predictor``).
+
+Coordinates follow SAM: points are (x, y) = (column, row) pixels of the original frame, boxes
+(x0, y0, x1, y1). Outputs are float32 logits (H, W) at the frame's original size; mask =
+logits > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..model.common import sine_position_encoding_2d
+from ..model.sam2 import SAM2, FrameFeatures, Prediction
+from .device import autocast_context, resolve_device
+from .features import FeatureCache
+from .frames import FrameSource
+from .holes import fill_small_holes
+from .memory_estimate import check_propagation_fits
+from .objects import FrameOutput, ObjectState, batch_memories, plan_memory
+from .prompts import validate_frame_index, validate_object_id, validate_prompt
+
+#: Previous logits fed back with new clicks are clamped, as the reference does, to avoid rare
+#: numerical trouble with very confident masks.
+PREVIOUS_LOGIT_CLAMP = 32.0
+
+DIRECTIONS = ("forward", "backward", "both")
+
+
+class Tracker:
+    """Prompts on any frame, many objects, propagation both ways, corrections.
+
+    ``frames``: anything with ``shape``, ``dtype``, ``ndim`` and integer indexing along
+    ``axis`` (numpy, dask, zarr, a tifffile memmap). A 2-D array is a one-frame video. A
+    trailing axis of 3 or 4 is RGB(A); ``channel_axis`` names a channel axis otherwise.
+    ``intensity_range=(lo, hi)`` maps lo to 0 and hi to 1; None takes one range for the whole
+    stack from robust percentiles of a sample of frames.
+
+    ``device``: where the model runs (default: the model's device). ``storage_device``: where
+    per-frame state lives (default: the CPU, so GPU memory stays flat with stack length).
+    ``feature_cache_bytes`` bounds the cache of image features.
+    ``corrections_as_conditioning``: prompts on a frame that was already tracked make it a
+    conditioning frame that later propagation keeps (True), or, as Meta's default, only a
+    memory frame that re-propagation may overwrite (False).
+    """
+
+    def __init__(
+        self,
+        model: SAM2,
+        frames,
+        *,
+        axis: int = 0,
+        channel_axis: int | None = None,
+        intensity_range: tuple[float, float] | None = None,
+        device: str | torch.device | None = None,
+        storage_device: str | torch.device = "cpu",
+        feature_cache_bytes: int = 256 * 2**20,
+        corrections_as_conditioning: bool = True,
+        batch_objects: bool = True,
+    ) -> None:
+        self.model = model
+        self.device = model.device if device is None else resolve_device(device)
+        if self.device != model.device:
+            self.model = model.to(self.device)
+        self.storage_device = torch.device(storage_device)
+        self.frames = FrameSource(
+            frames, axis=axis, channel_axis=channel_axis, intensity_range=intensity_range
+        )
+        self.features = FeatureCache(feature_cache_bytes)
+        self.corrections_as_conditioning = corrections_as_conditioning
+        self.batch_objects = batch_objects
+        self._objects: dict[int, ObjectState] = {}
+        config = model.config
+        self._image_size = config.image_size
+        self._fill_hole_area = config.fill_hole_area
+        self._signed_offsets = config.use_signed_tpos_enc_to_obj_ptrs
+        side = config.feature_size
+        self._top_pos = sine_position_encoding_2d(side, side, model.hidden_dim, device=self.device)
+        self._memory_pos = model.memory_position(self.device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_frames(self) -> int:
+        return self.frames.num_frames
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of one frame."""
+        return self.frames.frame_shape
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def prompted_frames(self, obj_id: int) -> list[int]:
+        """Frames on which ``obj_id`` has prompts, sorted."""
+        return sorted(self._state(obj_id).prompts)
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of per-object state held on the storage device."""
+        return sum(state.nbytes for state in self._objects.values())
+
+    # ------------------------------------------------------------------ features
+    def prepare(self, frame: int) -> None:
+        """Compute and cache ``frame``'s image features (the slow step of a first click)."""
+        validate_frame_index(frame, self.num_frames)
+        self._features(frame)
+
+    def _features(self, frame: int) -> FrameFeatures:
+        cached = self.features.get(frame)
+        if cached is None:
+            image = self.frames.model_input(frame, self._image_size, device=self.device)
+            with torch.inference_mode(), autocast_context(self.device):
+                encoded = self.model.encode_image(image)
+            # The position encoding is the same for every frame: keep one copy.
+            cached = (*encoded.high_res, encoded.top)
+            self.features.put(frame, cached)
+        s0, s1, top = cached
+        return FrameFeatures([s0, s1], top, self._top_pos.to(top.dtype))
+
+    # ------------------------------------------------------------------ prompts
+    def set_prompts(
+        self,
+        frame: int,
+        obj_id: int,
+        points=None,
+        labels=None,
+        box=None,
+        mask=None,
+    ) -> dict[int, np.ndarray]:
+        """Replace ``obj_id``'s prompts on ``frame`` and segment that frame.
+
+        ``points`` (N, 2) as (x, y) pixels, ``labels`` (N,) with 1 foreground and 0 background,
+        ``box`` (x0, y0, x1, y1), ``mask`` bool (H, W). Returns float32 logits (H, W) for every
+        object with output on ``frame``.
+        """
+        validate_frame_index(frame, self.num_frames)
+        validate_object_id(obj_id)
+        prompt = validate_prompt(
+            self.frame_shape, self._image_size, points=points, labels=labels, box=box, mask=mask
+        )
+        state = self._objects.setdefault(int(obj_id), ObjectState())
+        first_visit = frame not in state.tracked
+        backward = False if first_visit else state.tracked[frame]
+        becomes_conditioning = first_visit or self.corrections_as_conditioning
+
+        with torch.inference_mode(), autocast_context(self.device):
+            features = self._features(frame)
+            if prompt.mask is not None:
+                prediction = self.model.mask_as_output(features, prompt.mask.to(self.device))
+            else:
+                previous = state.latest_output(frame)
+                previous_logits = None
+                if previous is not None:
+                    previous_logits = previous.low_res.to(self.device).clamp(
+                        -PREVIOUS_LOGIT_CLAMP, PREVIOUS_LOGIT_CLAMP
+                    )
+                conditioned = self._conditioned_features(
+                    features, [state], frame, first_visit=first_visit, backward=backward
+                )
+                prediction = self.model.decode(
+                    conditioned,
+                    features.high_res,
+                    points=(prompt.coords.to(self.device), prompt.labels.to(self.device)),
+                    mask_logits=previous_logits,
+                    multimask=self.model.wants_multimask(prompt.num_points),
+                )
+        state.prompts[frame] = prompt
+        state.pending[frame] = (self._store(prediction), becomes_conditioning)
+        return self.frame_logits(frame)
+
+    def frame_logits(self, frame: int) -> dict[int, np.ndarray]:
+        """Logits (H, W) on ``frame`` of every object that has output there."""
+        validate_frame_index(frame, self.num_frames)
+        found = {}
+        for obj_id in self.object_ids:
+            out = self._objects[obj_id].latest_output(frame)
+            if out is not None:
+                found[obj_id] = out.low_res
+        if not found:
+            return {}
+        stacked = torch.cat(list(found.values()), dim=0)
+        full = self._to_frame_size(stacked)
+        return dict(zip(found, full))
+
+    def clear_prompts(self, obj_id: int, frame: int | None = None) -> None:
+        """Remove ``obj_id``'s prompts on ``frame`` (all frames if None). A prompted frame's
+        result is kept as an ordinary tracked frame."""
+        state = self._state(obj_id)
+        frames = list(state.prompts) if frame is None else [frame]
+        for index in frames:
+            validate_frame_index(index, self.num_frames)
+            state.prompts.pop(index, None)
+            state.pending.pop(index, None)
+            out = state.conditioning.pop(index, None)
+            if out is not None:
+                state.recent[index] = out
+                state.tracked.pop(index, None)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Forget ``obj_id`` entirely."""
+        self._state(obj_id)
+        del self._objects[obj_id]
+
+    def reset(self) -> None:
+        """Forget every object and prompt; cached image features stay valid and are kept."""
+        self._objects.clear()
+
+    def _state(self, obj_id: int) -> ObjectState:
+        if obj_id not in self._objects:
+            known = ", ".join(map(str, self.object_ids)) or "none"
+            raise ValueError(f"unknown object id {obj_id!r}; the objects are: {known}")
+        return self._objects[obj_id]
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(
+        self, start: int, direction: str = "forward", max_frames: int | None = None
+    ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Track every object from ``start``; yields ``(frame, {obj_id: logits (H, W)})``.
+
+        ``direction``: "forward", "backward" or "both" (forward from ``start``, then backward
+        from the frame before it). ``max_frames`` limits the frames visited in each direction,
+        ``start`` included. Closing the generator cancels; finished frames stay tracked and the
+        tracker stays usable.
+        """
+        validate_frame_index(start, self.num_frames)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+        passes = self._passes(start, direction, max_frames)
+        total = sum(len(order) for order, _ in passes)
+        check_propagation_fits(self, total)
+        self._commit_pending()
+        return self._propagation(passes)
+
+    def _passes(self, start: int, direction: str, max_frames: int | None):
+        limit = self.num_frames if max_frames is None else max_frames
+        forward = list(range(start, min(start + limit, self.num_frames)))
+        backward_from = start - 1 if direction == "both" else start
+        backward_limit = limit - 1 if direction == "both" else limit
+        backward = list(range(backward_from, max(backward_from - backward_limit, -1), -1))
+        if direction == "both" and max_frames is None:
+            backward = list(range(start - 1, -1, -1))
+        passes = []
+        if direction in ("forward", "both"):
+            passes.append((forward, False))
+        if direction in ("backward", "both"):
+            passes.append((backward, True))
+        return passes
+
+    def _propagation(self, passes) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        for order, backward in passes:
+            for frame in order:
+                yield frame, self._track_frame(frame, backward)
+
+    def _commit_pending(self) -> None:
+        """Encode the memory of frames prompted since the last propagation and file them."""
+        if not self._objects:
+            raise ValueError("there is nothing to propagate: add a point, box or mask first")
+        for obj_id, state in self._objects.items():
+            if not state.pending and not state.conditioning:
+                raise ValueError(
+                    f"object {obj_id} has no prompts: add a point, box or mask, "
+                    "or remove the object"
+                )
+        with torch.inference_mode(), autocast_context(self.device):
+            for state in self._objects.values():
+                for frame, (out, conditioning) in state.pending.items():
+                    if out.memory is None:
+                        features = self._features(frame)
+                        high_res = self.model.upsample_to_input(out.low_res.to(self.device))
+                        memory = self.model.encode_memory(
+                            features, high_res, out.score.to(self.device), binarize=True
+                        )
+                        out.memory = self._to_storage(memory, torch.bfloat16)
+                    target = state.conditioning if conditioning else state.recent
+                    target[frame] = out
+                state.pending.clear()
+                for frame in state.conditioning:
+                    state.recent.pop(frame, None)
+
+    def _track_frame(self, frame: int, backward: bool) -> dict[int, np.ndarray]:
+        results: dict[int, torch.Tensor] = {}
+        to_run: list[int] = []
+        for obj_id in self.object_ids:
+            state = self._objects[obj_id]
+            if frame in state.conditioning:
+                results[obj_id] = state.conditioning[frame].low_res
+            else:
+                to_run.append(obj_id)
+            state.tracked[frame] = backward
+        if to_run:
+            with torch.inference_mode(), autocast_context(self.device):
+                features = self._features(frame)
+                for group in self._groups(to_run, frame, backward):
+                    results.update(self._run_group(features, group, frame, backward))
+        ordered = [results[obj_id] for obj_id in self.object_ids]
+        full = self._to_frame_size(torch.cat(ordered, dim=0))
+        return dict(zip(self.object_ids, full))
+
+    def _groups(self, obj_ids: list[int], frame: int, backward: bool) -> list[list[int]]:
+        """Objects whose memories line up share one batched forward pass."""
+        if not self.batch_objects:
+            return [[obj_id] for obj_id in obj_ids]
+        groups: dict[tuple, list[int]] = {}
+        for obj_id in obj_ids:
+            plan = self._plan(self._objects[obj_id], frame, backward)
+            groups.setdefault(plan.signature, []).append(obj_id)
+        return list(groups.values())
+
+    def _plan(self, state: ObjectState, frame: int, backward: bool):
+        return plan_memory(
+            state,
+            frame,
+            backward=backward,
+            num_frames=self.num_frames,
+            num_maskmem=self.model.num_maskmem,
+            max_pointers=self.model.config.max_obj_ptrs_in_encoder,
+            signed_offsets=self._signed_offsets,
+        )
+
+    def _conditioned_features(
+        self,
+        features: FrameFeatures,
+        states: list[ObjectState],
+        frame: int,
+        *,
+        first_visit: bool,
+        backward: bool,
+    ) -> torch.Tensor:
+        batched = features.expand(len(states))
+        if first_visit:
+            return self.model.without_memory(batched)
+        plans = [self._plan(state, frame, backward) for state in states]
+        spatial, pointers = batch_memories(plans, self.device)
+        return self.model.with_memory(batched, spatial, pointers, self._memory_pos)
+
+    def _run_group(
+        self, features: FrameFeatures, obj_ids: list[int], frame: int, backward: bool
+    ) -> dict[int, torch.Tensor]:
+        states = [self._objects[obj_id] for obj_id in obj_ids]
+        batched = features.expand(len(states))
+        conditioned = self._conditioned_features(
+            features, states, frame, first_visit=False, backward=backward
+        )
+        prediction = self.model.decode(
+            conditioned, batched.high_res, multimask=self.model.wants_multimask(0)
+        )
+        high_res = self.model.upsample_to_input(prediction.low_res)
+        memory = self.model.encode_memory(
+            batched, high_res, prediction.object_score, binarize=False
+        )
+        memory = self._to_storage(memory, torch.bfloat16)
+        stored = self._store(prediction)
+        outputs = {}
+        for row, (obj_id, state) in enumerate(zip(obj_ids, states)):
+            out = FrameOutput(
+                low_res=stored.low_res[row : row + 1],
+                pointer=stored.pointer[row : row + 1],
+                score=stored.score[row : row + 1],
+                memory=memory[row : row + 1],
+            )
+            state.recent[frame] = out
+            outputs[obj_id] = out.low_res
+        return outputs
+
+    # ------------------------------------------------------------------ helpers
+    def _store(self, prediction: Prediction) -> FrameOutput:
+        """Hole-fill the chosen logits and move the prediction to the storage device."""
+        low_res = fill_small_holes(prediction.low_res.float(), self._fill_hole_area)
+        return FrameOutput(
+            low_res=self._to_storage(low_res, torch.float32),
+            pointer=self._to_storage(prediction.obj_ptr, torch.float32),
+            score=self._to_storage(prediction.object_score, torch.float32),
+        )
+
+    def _to_storage(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return tensor.detach().to(self.storage_device, dtype).clone()
+
+    def _to_frame_size(self, low_res: torch.Tensor) -> list[np.ndarray]:
+        """(B, 1, S/4, S/4) logits -> B float32 arrays (H, W), bilinear."""
+        full = F.interpolate(
+            low_res.float(), size=self.frame_shape, mode="bilinear", align_corners=False
+        )
+        return list(full[:, 0].cpu().numpy())
