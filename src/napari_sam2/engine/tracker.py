@@ -46,7 +46,9 @@ class Tracker:
 
     ``device``: where the model runs (default: the model's device). ``storage_device``: where
     per-frame state lives (default: the CPU, so GPU memory stays flat with stack length).
-    ``feature_cache_bytes`` bounds the cache of image features.
+    ``feature_cache_bytes`` bounds the cache of image features. ``batch_objects`` runs objects
+    whose memories line up in one forward pass. ``compile_backend`` (e.g. "inductor") compiles
+    the image encoder with ``torch.compile``; the first frame then takes longer.
     ``corrections_as_conditioning``: prompts on a frame that was already tracked make it a
     conditioning frame that later propagation keeps (True), or, as Meta's default, only a
     memory frame that re-propagation may overwrite (False).
@@ -65,6 +67,7 @@ class Tracker:
         feature_cache_bytes: int = 256 * 2**20,
         corrections_as_conditioning: bool = True,
         batch_objects: bool = True,
+        compile_backend: str | None = None,
     ) -> None:
         self.model = model
         self.device = model.device if device is None else resolve_device(device)
@@ -78,6 +81,11 @@ class Tracker:
         self.corrections_as_conditioning = corrections_as_conditioning
         self.batch_objects = batch_objects
         self._objects: dict[int, ObjectState] = {}
+        self._compiled_encoder = None
+        if compile_backend is not None:
+            self._compiled_encoder = torch.compile(
+                self.model.encode_image, backend=compile_backend, dynamic=False
+            )
         config = model.config
         self._image_size = config.image_size
         self._fill_hole_area = config.fill_hole_area
@@ -120,7 +128,8 @@ class Tracker:
         if cached is None:
             image = self.frames.model_input(frame, self._image_size, device=self.device)
             with torch.inference_mode(), autocast_context(self.device):
-                encoded = self.model.encode_image(image)
+                encode = self._compiled_encoder or self.model.encode_image
+                encoded = encode(image)
             # The position encoding is the same for every frame: keep one copy.
             cached = (*encoded.high_res, encoded.top)
             self.features.put(frame, cached)

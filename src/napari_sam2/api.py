@@ -1,0 +1,257 @@
+"""Segment a stack or an image from Python, without napari: :func:`segment`.
+
+Example::
+
+    import tifffile
+    from napari_sam2.api import segment
+
+    stack = tifffile.imread("cells.tif")                 # (Z, H, W)
+    labels = segment(stack, points=[[12, 140, 96]])      # one click: (frame, row, col)
+    # labels: (Z, H, W) uint32, 1 where the clicked object is, 0 elsewhere
+
+Prompts use napari's order, (frame, row, col), so coordinates read off napari's status bar (data
+coordinates) can be pasted as they are; :func:`segment` converts them to SAM's (x, y).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine.labels import merge_logits
+from .engine.prompt_files import Prompt, group_prompts
+
+__all__ = ["Prompt", "prompts_from_arrays", "segment"]
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done_frames, total_frames)``, called after every finished frame."""
+
+_DIRECTIONS = ("both", "forward", "backward")
+
+
+def segment(
+    image: Any,
+    *,
+    points: Any = None,
+    labels: Any = None,
+    boxes: Any = None,
+    prompts: Sequence[Prompt] | None = None,
+    model: str | torch.nn.Module = "sam2.1_hiera_tiny",
+    checkpoint: str | os.PathLike[str] | None = "download",
+    image_size: int | None = None,
+    device: str | torch.device = "auto",
+    axis: int = 0,
+    channel_axis: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    direction: str = "both",
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Segment the prompted objects of an image or through a stack with SAM 2.
+
+    Args:
+        image: a 2-D image (H, W), an RGB(A) image (H, W, 3|4), a stack with the tracked axis
+            ``axis`` such as (Z, H, W) or (T, H, W, 3), or a multichannel array with
+            ``channel_axis``. numpy, dask, zarr or a tifffile memmap: frames are read lazily.
+        points: clicks in napari's order: (N, 3) rows of (frame, row, col) for a stack, or
+            (N, 2) rows of (row, col) for a single image (an (N, 3) array with frame 0 works
+            too). Coordinates are pixels of the data (not world units). All points belong to
+            object 1.
+        labels: (N,) 1 for a positive click (inside the object), 0 for a negative one; default
+            all 1.
+        boxes: (M, 5) rows of (frame, row0, col0, row1, col1) for a stack, or (M, 4) rows of
+            (row0, col0, row1, col1) for a single image. Box ``i`` is object ``i + 1``, so the
+            first box and the points describe the same object.
+        prompts: instead of ``points``/``labels``/``boxes``, a list of :class:`Prompt` (e.g. from
+            :func:`napari_sam2.engine.prompt_files.read_points_csv`), which carry their own
+            object ids and use SAM's (x, y) coordinates.
+        model: a preset name (see ``napari-sam2 models``) or an already built SAM 2 network
+            (then ``checkpoint`` and ``image_size`` are ignored).
+        checkpoint: ``"download"`` (default) fetches the preset's official weights into the user
+            cache on first use; a path loads a local ``.pt`` file (e.g. a fine-tune); None builds
+            random weights, useful for tests only.
+        image_size: the network's square input size; None keeps the preset's (1024).
+        device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps". With a
+            built ``model``, "auto" keeps the model where it is.
+        axis: the tracked axis of ``image`` (z or t). Ignored for a single image.
+        channel_axis: axis holding channels of multichannel data, or None.
+        intensity_range: (lo, hi) mapped to black and white; None uses robust percentiles of the
+            whole stack.
+        direction: "both" (default) tracks forward from the earliest prompted frame and backward
+            from it, covering the whole stack; "forward" covers the earliest prompted frame and
+            later ones; "backward" the latest prompted frame and earlier ones. Frames not covered
+            stay 0.
+        progress: optional ``progress(done, total)`` called after every tracked frame.
+
+    Returns:
+        uint32 labels, (num_frames, H, W) for a stack and (H, W) for a single image. Each pixel
+        holds the id of the object with the highest positive logit there, 0 for background.
+
+    Raises:
+        ValueError: missing or malformed prompts, a prompt outside the image, an unknown preset
+            or device, a bad checkpoint file.
+        MemoryError: the propagation's state would not fit in memory.
+        RuntimeError: the checkpoint could not be downloaded (no network).
+    """
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError("progress must be None or a callable progress(done, total)")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if prompts is not None:
+        if points is not None or labels is not None or boxes is not None:
+            raise ValueError("give either prompts=, or points/labels/boxes arrays, not both")
+        prompt_list = group_prompts(prompts)
+    else:
+        prompt_list = prompts_from_arrays(points=points, labels=labels, boxes=boxes)
+    if not prompt_list:
+        raise ValueError(
+            "no prompts: give points=(N, 3) rows of (frame, row, col), boxes=(M, 5) rows of "
+            "(frame, row0, col0, row1, col1), or prompts=[Prompt, ...]"
+        )
+
+    from .engine.tracker import Tracker
+
+    network = _network(model, checkpoint, image_size, device)
+    tracker_device = None if not isinstance(model, str) and _is_auto(device) else device
+    tracker = Tracker(
+        network,
+        image,
+        axis=axis,
+        channel_axis=channel_axis,
+        intensity_range=intensity_range,
+        device=tracker_device,
+    )
+    single = _is_single_image(image, tracker)
+    _check_frames(prompt_list, tracker.num_frames, axis, single)
+
+    for prompt in prompt_list:
+        tracker.set_prompts(
+            prompt.frame,
+            prompt.obj_id,
+            points=prompt.points if len(prompt.points) else None,
+            labels=prompt.labels if len(prompt.labels) else None,
+            box=prompt.box,
+        )
+
+    height, width = tracker.frame_shape
+    if single:
+        result = merge_logits(tracker.frame_logits(0), shape=(height, width))
+        if progress is not None:
+            progress(1, 1)
+        return result
+
+    result = np.zeros((tracker.num_frames, height, width), dtype=np.uint32)
+    frames = sorted({p.frame for p in prompt_list})
+    start = frames[-1] if direction == "backward" else frames[0]
+    if direction == "forward":
+        total = tracker.num_frames - start
+    elif direction == "backward":
+        total = start + 1
+    else:
+        total = tracker.num_frames
+    for done, (frame, logits) in enumerate(tracker.propagate(start, direction), start=1):
+        result[frame] = merge_logits(logits, shape=(height, width))
+        if progress is not None:
+            progress(done, total)
+    return result
+
+
+def prompts_from_arrays(
+    *, points: Any = None, labels: Any = None, boxes: Any = None
+) -> list[Prompt]:
+    """Napari-order arrays -> :class:`Prompt` list (SAM's (x, y)), grouped by (frame, object).
+
+    ``points`` (N, 3) as (frame, row, col) or (N, 2) as (row, col) on frame 0, all object 1;
+    ``labels`` (N,) 1/0, default all 1; ``boxes`` (M, 5) as (frame, row0, col0, row1, col1) or
+    (M, 4) as (row0, col0, row1, col1), box ``i`` is object ``i + 1``. Corners may come in any
+    order.
+    """
+    prompts: list[Prompt] = []
+    if points is not None:
+        table = _frame_table(points, "points", "(frame, row, col)", "(row, col)", spatial=2)
+        if labels is None:
+            marks = np.ones(len(table), dtype=np.int64)
+        else:
+            marks = np.asarray(labels).reshape(-1)
+            if marks.shape[0] != len(table):
+                raise ValueError(
+                    f"got {len(table)} points but {marks.shape[0]} labels; give one label per "
+                    "point (1 inside, 0 outside)"
+                )
+            if not np.isin(marks, (0, 1)).all():
+                raise ValueError(f"labels must be 1 or 0, got values {np.unique(marks)}")
+        for frame in np.unique(table[:, 0]):
+            rows = table[:, 0] == frame
+            xy = table[rows][:, [2, 1]]  # (row, col) -> (x, y)
+            prompts.append(Prompt(int(frame), 1, xy, marks[rows]))
+    elif labels is not None:
+        raise ValueError("labels were given without points")
+
+    if boxes is not None:
+        table = _frame_table(
+            boxes, "boxes", "(frame, row0, col0, row1, col1)", "(row0, col0, row1, col1)", 4
+        )
+        for index, (frame, r0, c0, r1, c1) in enumerate(table):
+            box = [min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)]
+            prompts.append(Prompt(int(frame), index + 1, box=np.array(box)))
+    return group_prompts(prompts)
+
+
+def _frame_table(values: Any, name: str, stack_form: str, image_form: str, spatial: int):
+    """(K, 1 + spatial) float array with the frame first; frames rounded to integers."""
+    table = np.asarray(values, dtype=np.float64)
+    if table.ndim == 1 and table.size in (spatial, spatial + 1):
+        table = table[None, :]
+    if table.ndim != 2 or table.shape[1] not in (spatial, spatial + 1):
+        raise ValueError(
+            f"{name} must have shape (N, {spatial + 1}) as {stack_form} rows for a stack, or "
+            f"(N, {spatial}) as {image_form} rows for a single image; got shape {table.shape}"
+        )
+    if not np.isfinite(table).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    if table.shape[1] == spatial:
+        table = np.concatenate([np.zeros((len(table), 1)), table], axis=1)
+    table[:, 0] = np.round(table[:, 0])
+    return table
+
+
+def _is_auto(device: Any) -> bool:
+    return isinstance(device, str) and device.strip().lower() == "auto"
+
+
+def _network(model: Any, checkpoint: Any, image_size: int | None, device: Any) -> torch.nn.Module:
+    if isinstance(model, torch.nn.Module):
+        return model
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a preset name or a built SAM 2 network, got {type(model).__name__}"
+        )
+    from .model import build_sam2
+
+    return build_sam2(model, checkpoint=checkpoint, image_size=image_size, device=device)
+
+
+def _is_single_image(image: Any, tracker: Any) -> bool:
+    """True when the tracker took the whole array as one frame (no tracked axis)."""
+    frame_rank = 2 if tracker.frames.layout == "grey" else 3
+    return tracker.num_frames == 1 and len(image.shape) == frame_rank
+
+
+def _check_frames(prompts: list[Prompt], num_frames: int, axis: int, single: bool) -> None:
+    for prompt in prompts:
+        if 0 <= prompt.frame < num_frames:
+            continue
+        if single:
+            raise ValueError(
+                f"a prompt is on frame {prompt.frame}, but the image is a single 2-D frame; use "
+                "frame 0 (or (row, col) points without a frame)"
+            )
+        raise ValueError(
+            f"a prompt is on frame {prompt.frame}, but the stack has {num_frames} frames along "
+            f"axis {axis} (0 to {num_frames - 1})"
+        )
