@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from napari_sam2.model.attention import Attention
 from napari_sam2.model.mask_decoder import MaskDecoder, stability_scores
-from napari_sam2.model.two_way_transformer import Attention, TwoWayTransformer
+from napari_sam2.model.two_way_transformer import TwoWayTransformer
 from tests._oracle import assert_close, build_oracle_base, randomise_, require_oracle
 
 DIM = 256

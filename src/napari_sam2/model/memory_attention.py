@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_sam2.model.attention import Attention
 from napari_sam2.model.common import activation_by_name
 
 __all__ = [
@@ -71,7 +72,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return rotated.flatten(-2).to(x.dtype)
 
 
-class RoPEAttention(nn.Module):
+class RoPEAttention(Attention):
     """Multi-head attention whose queries and keys carry a 2-D axial rotary encoding.
 
     Inputs are batch-first: q (B, Nq, embedding_dim), k and v (B, Nk, kv_in_dim); the output is
@@ -95,24 +96,11 @@ class RoPEAttention(nn.Module):
         rope_k_repeat: bool = False,
         feat_size: tuple[int, int] = (64, 64),
     ) -> None:
-        super().__init__()
-        inner_dim = embedding_dim // downsample_rate
-        if inner_dim % num_heads != 0:
-            raise ValueError(
-                f"num_heads={num_heads} must divide the inner dimension {inner_dim} "
-                f"(embedding_dim={embedding_dim} // downsample_rate={downsample_rate})"
-            )
-        kv_dim = embedding_dim if kv_in_dim is None else kv_in_dim
-        self.num_heads = num_heads
-        self.head_dim = inner_dim // num_heads
-        self.dropout_p = dropout
+        super().__init__(embedding_dim, num_heads, downsample_rate, dropout, kv_in_dim)
+        self.head_dim = self.internal_dim // num_heads
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_size = (int(feat_size[0]), int(feat_size[1]))
-        self.q_proj = nn.Linear(embedding_dim, inner_dim)
-        self.k_proj = nn.Linear(kv_dim, inner_dim)
-        self.v_proj = nn.Linear(kv_dim, inner_dim)
-        self.out_proj = nn.Linear(inner_dim, embedding_dim)
         # A plain dict rather than buffers: the tables are derived data, must stay float32,
         # and must not appear in (or be overwritten through) the state dict.
         self._rotary_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -140,10 +128,6 @@ class RoPEAttention(nn.Module):
             self._rotary_cache[key] = tables
         return tables
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, heads * head_dim) -> (B, heads, N, head_dim)."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
     def forward(
         self,
         q: torch.Tensor,
@@ -151,9 +135,9 @@ class RoPEAttention(nn.Module):
         v: torch.Tensor,
         num_k_exclude_rope: int = 0,
     ) -> torch.Tensor:
-        queries = self._split_heads(self.q_proj(q))
-        keys = self._split_heads(self.k_proj(k))
-        values = self._split_heads(self.v_proj(v))
+        queries = self.split_heads(self.q_proj(q))
+        keys = self.split_heads(self.k_proj(k))
+        values = self.split_heads(self.v_proj(v))
 
         num_q = queries.shape[-2]
         num_k_rotated = keys.shape[-2] - num_k_exclude_rope
@@ -177,9 +161,8 @@ class RoPEAttention(nn.Module):
             )
             keys = torch.cat([rotated, keys[..., num_k_rotated:, :]], dim=-2)
 
-        dropout_p = self.dropout_p if self.training else 0.0
-        attended = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
-        return self.out_proj(attended.transpose(1, 2).flatten(-2))
+        attended = self.attend(queries, keys, values)
+        return self.out_proj(self.merge_heads(attended))
 
 
 @dataclass(frozen=True)
