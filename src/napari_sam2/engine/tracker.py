@@ -352,7 +352,9 @@ class Tracker:
             return self.model.without_memory(batched)
         plans = [self._plan(state, frame, backward) for state in states]
         spatial, pointers = batch_memories(plans, self.device)
-        return self.model.with_memory(batched, spatial, pointers, self._memory_pos)
+        return self.model.with_memory(
+            batched, spatial, pointers, self._memory_pos, self.num_frames
+        )
 
     def _run_group(
         self, features: FrameFeatures, obj_ids: list[int], frame: int, backward: bool

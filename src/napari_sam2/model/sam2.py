@@ -296,12 +296,14 @@ class SAM2(nn.Module):
         """Features of a first conditioning frame: the no-memory embedding added (B, 256, h, w)."""
         return features.top + self.no_mem_embed.view(1, -1, 1, 1)
 
-    def _pointer_positions(self, offsets: list[int], device) -> torch.Tensor:
-        """Temporal encoding of pointer offsets, (P, 64)."""
+    def _pointer_positions(self, offsets: list[int], num_frames: int, device) -> torch.Tensor:
+        """Temporal encoding of pointer offsets, (P, 64). Offsets are scaled by the widest
+        reach of pointers, which short stacks shorten."""
         count = len(offsets)
         if not self.config.add_tpos_enc_to_obj_ptrs:
             return torch.zeros(count, self.mem_dim, device=device)
-        span = self.config.max_obj_ptrs_in_encoder - 1
+        # max(..., 1): a one-frame stack would otherwise divide zero by zero.
+        span = max(min(num_frames, self.config.max_obj_ptrs_in_encoder) - 1, 1)
         scaled = torch.tensor(offsets, dtype=torch.float32, device=device) / span
         width = self.hidden_dim if self.config.proj_tpos_enc_in_obj_ptrs else self.mem_dim
         return self.obj_ptr_tpos_proj(sine_encoding_1d(scaled, width))
@@ -312,11 +314,12 @@ class SAM2(nn.Module):
         spatial: list[SpatialMemory],
         pointers: list[PointerMemory],
         memory_pos: torch.Tensor,
+        num_frames: int,
     ) -> torch.Tensor:
         """Condition a frame's features on memories through the memory attention.
 
         ``memory_pos``: the memory encoder's position encoding (1, 64, h, w), the same for every
-        memory frame. Stored features may be bfloat16; they are computed in float32.
+        memory frame. ``num_frames``: the length of the stack, which scales pointer offsets. Stored features may be bfloat16; they are computed in float32.
         Returns (B, 256, h, w).
         """
         batch, channels, height, width = features.top.shape
@@ -330,7 +333,8 @@ class SAM2(nn.Module):
         pointer_tokens = 0
         if pointers:
             stacked = torch.stack([p.pointer.float() for p in pointers], dim=0)  # (P, B, 256)
-            pos = self._pointer_positions([p.offset for p in pointers], features.top.device)
+            offsets = [p.offset for p in pointers]
+            pos = self._pointer_positions(offsets, num_frames, features.top.device)
             split = channels // self.mem_dim
             # Each 256-d pointer becomes four 64-d tokens that share one temporal encoding.
             stacked = stacked.reshape(len(pointers), batch, split, self.mem_dim)
