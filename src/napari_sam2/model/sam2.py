@@ -319,8 +319,8 @@ class SAM2(nn.Module):
         """Condition a frame's features on memories through the memory attention.
 
         ``memory_pos``: the memory encoder's position encoding (1, 64, h, w), the same for every
-        memory frame. ``num_frames``: the length of the stack, which scales pointer offsets. Stored features may be bfloat16; they are computed in float32.
-        Returns (B, 256, h, w).
+        memory frame. ``num_frames``: the length of the stack, which scales pointer offsets.
+        Stored features may be bfloat16; they are computed in float32. Returns (B, 256, h, w).
         """
         batch, channels, height, width = features.top.shape
         tokens, positions = [], []
