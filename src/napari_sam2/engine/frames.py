@@ -271,13 +271,13 @@ class FrameSource:
             ValueError: the frame holds no finite value.
         """
         raw = self.read_raw(index)
-        lo, hi = self._ensure_range()
         values = _as_float(raw)
         if values.dtype.kind == "f" and not np.isfinite(values).any():
             raise ValueError(
                 f"frame {index} holds no finite values (all NaN or infinite); it cannot be "
                 "segmented: fix or skip this frame"
             )
+        lo, hi = self._ensure_range()
         if self._colour == "rgb":
             values = values[..., :3]  # drop alpha
         elif self._colour == "grey":

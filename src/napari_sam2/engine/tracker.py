@@ -307,12 +307,14 @@ class Tracker:
                 results[obj_id] = state.conditioning[frame].low_res
             else:
                 to_run.append(obj_id)
-            state.tracked[frame] = backward
         if to_run:
             with torch.inference_mode(), autocast_context(self.device):
                 features = self._features(frame)
                 for group in self._groups(to_run, frame, backward):
                     results.update(self._run_group(features, group, frame, backward))
+        # Marked only once the frame has its results, so a failed read leaves no trace.
+        for state in self._objects.values():
+            state.tracked[frame] = backward
         ordered = [results[obj_id] for obj_id in self.object_ids]
         full = self._to_frame_size(torch.cat(ordered, dim=0))
         return dict(zip(self.object_ids, full))
