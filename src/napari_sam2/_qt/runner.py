@@ -1,0 +1,48 @@
+"""Run :class:`~napari_sam2._napari.jobs.Job` work in napari ``thread_worker`` threads."""
+
+from __future__ import annotations
+
+from napari.qt.threading import GeneratorWorker, create_worker
+
+from .._napari.jobs import Job
+
+__all__ = ["ThreadRunner"]
+
+
+class ThreadRunner:
+    """Starts each job's generator in a napari :class:`GeneratorWorker`.
+
+    ``yielded`` values reach ``job.on_yield`` on the main thread (Qt queues the signal), the
+    return value ``job.on_done`` and an exception ``job.on_error``; ``finished`` calls
+    ``job.on_finish``. A cancelled job's late values are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.workers: list[GeneratorWorker] = []
+
+    def start(self, job: Job) -> None:
+        worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
+
+        def on_yield(item) -> None:
+            if not job.cancelled:
+                job.on_yield(item)
+
+        def on_returned(value) -> None:
+            if not job.cancelled:
+                job.on_done(value)
+
+        def on_finished() -> None:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            job.on_finish()
+
+        worker.yielded.connect(on_yield)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(job.on_error)
+        worker.finished.connect(on_finished)
+        self.workers.append(worker)
+        worker.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether no worker of this runner is still running (does not block)."""
+        return not self.workers
