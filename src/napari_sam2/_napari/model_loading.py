@@ -3,7 +3,8 @@
 The download (pooch, sha256-checked) runs in a helper thread so that this generator can keep
 yielding ``(description, done_bytes, total_bytes)`` to the main thread, which shows them in
 napari's activity panel. A cancel makes the download's progress callback raise, which aborts the
-transfer without leaving a partial file under the final name.
+transfer without leaving a partial file under the final name. :func:`model_loading_job` wraps
+it in a :class:`~napari_sam2._napari.jobs.Job` that shows those steps as a progress bar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_FILE_CHOICE", "load_model_steps"]
+from napari.utils import progress
+
+from .jobs import Job
+
+__all__ = ["CHECKPOINT_FILE_CHOICE", "load_model_steps", "model_loading_job"]
 
 CHECKPOINT_FILE_CHOICE = "checkpoint file…"
 _POLL_SECONDS = 0.1
@@ -100,3 +105,48 @@ def load_model_steps(
     yield f"Building {name}", 0, 0
     model = build_sam2(name, checkpoint=path, image_size=image_size, device=device)
     return model, name
+
+
+def model_loading_job(
+    preset: str,
+    checkpoint: str | None,
+    *,
+    device: str,
+    image_size: int | None,
+    on_done: Callable[[tuple[object, str]], None],
+    on_error: Callable[[BaseException], None],
+) -> Job:
+    """A "load model" job running :func:`load_model_steps` (same arguments), its steps shown
+    as a bar in napari's activity panel; ``on_done`` gets ``(model, preset name)``."""
+    bar: dict[str, progress] = {}
+
+    def on_yield(step) -> None:
+        kind, done, total = step
+        if "bar" not in bar:
+            bar["bar"] = progress(total=total or 0, desc=kind)
+        pbar = bar["bar"]
+        if total and pbar.total != total:
+            pbar.total = total
+        pbar.set_description(kind)
+        if done > pbar.n:
+            pbar.update(done - pbar.n)
+
+    def on_finish() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    job = Job(
+        "load model",
+        lambda: load_model_steps(
+            preset,
+            checkpoint,
+            device=device,
+            image_size=image_size,
+            cancelled=lambda: job.cancelled,
+        ),
+        on_yield=on_yield,
+        on_done=on_done,
+        on_error=on_error,
+        on_finish=on_finish,
+    )
+    return job
