@@ -29,6 +29,7 @@ class Attention(nn.Module):
         self,
         embedding_dim: int,
         num_heads: int,
+        *,
         downsample_rate: int = 1,
         dropout: float = 0.0,
         kv_in_dim: int | None = None,

@@ -26,6 +26,7 @@ class MLP(nn.Module):
         hidden_dim: int,
         output_dim: int,
         num_layers: int,
+        *,
         activation: type[nn.Module] = nn.ReLU,
         sigmoid_output: bool = False,
     ) -> None:

@@ -89,6 +89,7 @@ class RoPEAttention(Attention):
         self,
         embedding_dim: int,
         num_heads: int,
+        *,
         downsample_rate: int = 1,
         dropout: float = 0.0,
         kv_in_dim: int | None = None,
@@ -96,7 +97,13 @@ class RoPEAttention(Attention):
         rope_k_repeat: bool = False,
         feat_size: tuple[int, int] = (64, 64),
     ) -> None:
-        super().__init__(embedding_dim, num_heads, downsample_rate, dropout, kv_in_dim)
+        super().__init__(
+            embedding_dim,
+            num_heads,
+            downsample_rate=downsample_rate,
+            dropout=dropout,
+            kv_in_dim=kv_in_dim,
+        )
         self.head_dim = self.internal_dim // num_heads
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat

@@ -92,6 +92,7 @@ class TwoWayTransformer(nn.Module):
 
     def __init__(
         self,
+        *,
         depth: int,
         embedding_dim: int,
         num_heads: int,
