@@ -448,7 +448,7 @@ def long_run(model) -> LongRun:
     bound = int(2.5 * probe.features.nbytes)
 
     frames = blob_stack(LONG)
-    tracker = Tracker(model, frames, feature_cache_bytes=bound)
+    tracker = Tracker(model, frames, feature_cache_bytes=bound, batch_objects=True)
     group_sizes: list[int] = []
     run_group = tracker._run_group
 
@@ -474,8 +474,21 @@ def long_run(model) -> LongRun:
 def test_feature_cache_stays_under_its_bound(long_run):
     assert frames_of(long_run.outputs) == list(range(LONG))
     assert max(long_run.cache_bytes) <= long_run.cache_bound
-    assert max(long_run.cache_entries) == 2  # 2.5 frames' worth: old frames were evicted
-    assert len(long_run.encoder_calls) == LONG  # yet every frame was encoded only once
+    # Propagation reads each frame once and caches nothing: only the prompted frame stays.
+    assert max(long_run.cache_entries) == 1
+    assert list(long_run.tracker.features.keys()) == [0]
+    assert len(long_run.encoder_calls) == LONG  # every frame was encoded only once
+
+
+def test_feature_cache_is_bounded_in_bytes(model):
+    probe = Tracker(model, blob_stack(1))
+    probe.prepare(0)
+    bound = int(2.5 * probe.features.nbytes)
+    tracker = Tracker(model, blob_stack(5), feature_cache_bytes=bound)
+    for frame in range(5):
+        tracker.prepare(frame)
+        assert tracker.features.nbytes <= bound
+    assert list(tracker.features.keys()) == [3, 4]  # least recent frames were evicted
 
 
 def test_state_grows_linearly_with_the_frames_tracked(long_run):

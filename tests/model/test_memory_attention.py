@@ -168,3 +168,18 @@ def test_bfloat16_memory_is_accepted_with_float32_frame():
         low = model(curr, memory.bfloat16(), curr, memory.bfloat16(), num_obj_ptr_tokens=4)
     assert low.dtype == torch.float32
     assert_close(low, exact, rtol=3e-2, what="bfloat16 memory")
+
+
+def test_real_rotation_equals_complex_rotation():
+    """The real formulation (used on MPS) and the complex one (elsewhere) agree."""
+    from napari_sam2.model.memory_attention import RotaryTable, axial_rotary_angles
+
+    angles = axial_rotary_angles(32, 4, 6)
+    table = RotaryTable.from_angles(angles)
+    assert table.phasors is not None
+    real_only = RotaryTable(table.cos, table.sin, None)
+    tokens = torch.randn(2, 1, 3 * 24, 32, generator=torch.Generator().manual_seed(0))
+    fast = table.rotate(tokens, repeats=3)
+    slow = real_only.rotate(tokens, repeats=3)
+    assert torch.allclose(fast, slow, atol=1e-6)
+    assert not torch.allclose(fast, tokens)

@@ -47,8 +47,10 @@ class Tracker:
     ``device``: where the model runs (default: the model's device). ``storage_device``: where
     per-frame state lives (default: the CPU, so GPU memory stays flat with stack length).
     ``feature_cache_bytes`` bounds the cache of image features. ``batch_objects`` runs objects
-    whose memories line up in one forward pass. ``compile_backend`` (e.g. "inductor") compiles
-    the image encoder with ``torch.compile``; the first frame then takes longer.
+    whose memories line up in one forward pass (default: on CUDA only, where it pays; on the
+    CPU a batch is slower than the same objects one by one). ``compile_backend`` (e.g.
+    "inductor") compiles the image encoder with ``torch.compile``; the first frame then takes
+    longer.
     ``corrections_as_conditioning``: prompts on a frame that was already tracked make it a
     conditioning frame that later propagation keeps (True), or, as Meta's default, only a
     memory frame that re-propagation may overwrite (False).
@@ -66,7 +68,7 @@ class Tracker:
         storage_device: str | torch.device = "cpu",
         feature_cache_bytes: int = 256 * 2**20,
         corrections_as_conditioning: bool = True,
-        batch_objects: bool = True,
+        batch_objects: bool | None = None,
         compile_backend: str | None = None,
     ) -> None:
         self.model = model
@@ -79,6 +81,8 @@ class Tracker:
         )
         self.features = FeatureCache(feature_cache_bytes)
         self.corrections_as_conditioning = corrections_as_conditioning
+        if batch_objects is None:
+            batch_objects = self.device.type == "cuda"
         self.batch_objects = batch_objects
         self._objects: dict[int, ObjectState] = {}
         self._compiled_encoder = None
@@ -123,7 +127,10 @@ class Tracker:
         validate_frame_index(frame, self.num_frames)
         self._features(frame)
 
-    def _features(self, frame: int) -> FrameFeatures:
+    def _features(self, frame: int, *, remember: bool = True) -> FrameFeatures:
+        """The frame's image features, from the cache or computed. ``remember=False`` (used by
+        propagation, which reads each frame once) leaves the cache as it was, so memory stays
+        flat however long the stack."""
         cached = self.features.get(frame)
         if cached is None:
             image = self.frames.model_input(frame, self._image_size, device=self.device)
@@ -132,7 +139,8 @@ class Tracker:
                 encoded = encode(image)
             # The position encoding is the same for every frame: keep one copy.
             cached = (*encoded.high_res, encoded.top)
-            self.features.put(frame, cached)
+            if remember:
+                self.features.put(frame, cached)
         s0, s1, top = cached
         return FrameFeatures([s0, s1], top, self._top_pos.to(top.dtype))
 
@@ -309,7 +317,7 @@ class Tracker:
                 to_run.append(obj_id)
         if to_run:
             with torch.inference_mode(), autocast_context(self.device):
-                features = self._features(frame)
+                features = self._features(frame, remember=False)
                 for group in self._groups(to_run, frame, backward):
                     results.update(self._run_group(features, group, frame, backward))
         # Marked only once the frame has its results, so a failed read leaves no trace.

@@ -28,15 +28,19 @@ def max_pool_tokens(tokens: torch.Tensor, stride: tuple[int, int]) -> torch.Tens
     """Max over non-overlapping ``stride`` cells of a channels-last grid.
 
     (B, H, W, C) -> (B, H // sh, W // sw, C), dropping trailing rows and columns that do not
-    fill a cell (like ``nn.MaxPool2d(stride, stride)``). Built from reshape and ``amax`` so that
-    it accepts non-contiguous input on every backend, MPS included.
+    fill a cell (like ``nn.MaxPool2d(stride, stride)``). Built as the elementwise maximum of the
+    strided sub-grids, which accepts non-contiguous input on every backend (MPS included) and is
+    an order of magnitude faster on the CPU than a reduction over a reshaped view.
     """
-    batch, height, width, channels = tokens.shape
+    _, height, width, _ = tokens.shape
     step_h, step_w = stride
     out_h, out_w = height // step_h, width // step_w
-    tokens = tokens[:, : out_h * step_h, : out_w * step_w]
-    cells = tokens.reshape(batch, out_h, step_h, out_w, step_w, channels)
-    return cells.amax(dim=(2, 4))
+    pooled = None
+    for row in range(step_h):
+        for col in range(step_w):
+            part = tokens[:, row : out_h * step_h : step_h, col : out_w * step_w : step_w]
+            pooled = part if pooled is None else torch.maximum(pooled, part)
+    return pooled.contiguous()
 
 
 def split_into_windows(tokens: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
