@@ -270,6 +270,13 @@ class FrameSource:
             FrameIndexError: ``index`` is outside ``[0, num_frames)``.
             ValueError: the frame holds no finite value.
         """
+        scaled = self._normalised(index)
+        if scaled.shape[-1] == 1:
+            scaled = np.repeat(scaled, 3, axis=-1)
+        return scaled
+
+    def _normalised(self, index: int) -> np.ndarray:
+        """Frame ``index`` in [0, 1] as float32 (H, W, 1) for grey data, else (H, W, 3)."""
         raw = self.read_raw(index)
         values = _as_float(raw)
         if values.dtype.kind == "f" and not np.isfinite(values).any():
@@ -285,8 +292,6 @@ class FrameSource:
         scaled = _normalise(values, lo, hi)
         if self._colour == "channels":
             scaled = reduce_channels(scaled)
-        elif self._colour == "grey":
-            scaled = np.repeat(scaled, 3, axis=-1)
         return np.ascontiguousarray(scaled, dtype=np.float32)
 
     def model_input(
@@ -303,10 +308,8 @@ class FrameSource:
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
         size = int(image_size)
-        image = torch.from_numpy(self.read(index)).permute(2, 0, 1)[None]
-        if self.layout == "grey":
-            # The three channels are equal: resize one, expand after (2.5x faster).
-            image = image[:, :1]
+        # Grey frames stay one channel until after the resize (2.5x faster), then expand.
+        image = torch.from_numpy(self._normalised(index)).permute(2, 0, 1)[None]
         image = image.to(device=device) if device is not None else image
         if tuple(image.shape[-2:]) != (size, size):
             image = F.interpolate(
