@@ -204,3 +204,24 @@ def test_bad_inputs_are_rejected():
         Hiera(stages=[1, 1, 1], window_spec=[8, 4, 14, 7])
     with pytest.raises(ValueError, match="backbone_channel_list"):
         ImageEncoder(trunk, FpnNeck(256, [64, 32, 16, 9]))
+
+
+def test_position_embedding_cache_follows_new_weights():
+    """The eval-mode cache of the resized position embedding is dropped when weights change."""
+    from napari_sam2.model.hiera import Hiera
+
+    trunk = Hiera(embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,)).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        first = trunk(pixels)[0].clone()
+        again = trunk(pixels)[0]
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        trunk.pos_embed.add_(1.0)
+    with torch.inference_mode():
+        changed = trunk(pixels)[0]
+    assert not torch.allclose(first, changed)
+    with torch.no_grad():
+        trunk.pos_embed.sub_(1.0)
+        fresh = trunk(pixels)[0]
+    assert torch.allclose(first, fresh, atol=1e-6)

@@ -302,10 +302,29 @@ class Hiera(nn.Module):
         tiled = window.repeat(1, 1, *repeats)
         return (background + tiled).permute(0, 2, 3, 1)
 
+    def _cached_position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """:meth:`position_embedding`, computed once per grid in eval mode (the bicubic resize
+        costs several milliseconds a frame). The key holds the parameters' version counters,
+        so loading new weights invalidates it."""
+        if self.training or torch.is_grad_enabled():
+            return self.position_embedding(height, width)
+        key = (
+            height,
+            width,
+            self.pos_embed.device,
+            self.pos_embed._version,
+            self.pos_embed_window._version,
+        )
+        cache = self.__dict__.setdefault("_position_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self.position_embedding(height, width)
+        return cache[key]
+
     def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         self._check_input(pixels)
         tokens = self.patch_embed(pixels)
-        tokens = tokens + self.position_embedding(tokens.shape[1], tokens.shape[2])
+        tokens = tokens + self._cached_position_embedding(tokens.shape[1], tokens.shape[2])
         stage_outputs = []
         stage_ends = set(self.stage_ends)
         for index, block in enumerate(self.blocks):
