@@ -14,25 +14,25 @@ from torch.nn import functional as F
 
 
 class MLP(nn.Module):
-    """A stack of ``num_layers`` linear layers with an activation between them.
+    """A stack of ``depth`` linear layers with an activation between them.
 
-    Maps (..., input_dim) to (..., output_dim). No activation follows the last layer;
+    Maps (..., width_in) to (..., width_out). No activation follows the last layer;
     ``sigmoid_output`` squashes the result into (0, 1).
     """
 
     def __init__(
         self,
-        input_dim: int,
-        hidden_dim: int,
-        output_dim: int,
-        num_layers: int,
+        width_in: int,
+        width_hidden: int,
+        width_out: int,
+        depth: int,
         *,
         activation: type[nn.Module] = nn.ReLU,
         sigmoid_output: bool = False,
     ) -> None:
         super().__init__()
-        widths_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        widths_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        widths_in = [width_in] + [width_hidden] * (depth - 1)
+        widths_out = [width_hidden] * (depth - 1) + [width_out]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths_in, widths_out))
         self.act = activation()
         self.sigmoid_output = sigmoid_output

@@ -160,7 +160,7 @@ class MultiScaleBlock(nn.Module):
         self.attn = MultiScaleAttention(in_dim, out_dim, heads, q_stride=q_stride)
         self.norm2 = nn.LayerNorm(out_dim, eps=1e-6)
         hidden = int(out_dim * mlp_ratio)
-        self.mlp = MLP(out_dim, hidden, out_dim, num_layers=2, activation=nn.GELU)
+        self.mlp = MLP(out_dim, hidden, out_dim, depth=2, activation=nn.GELU)
         if out_dim != in_dim:
             self.proj = nn.Linear(in_dim, out_dim)
 

@@ -47,7 +47,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = Attention(dim, heads, downsample_rate=rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=activation)
+        self.mlp = MLP(dim, mlp_dim, dim, depth=2, activation=activation)
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, heads, downsample_rate=rate)
