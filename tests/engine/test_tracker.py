@@ -452,9 +452,9 @@ def long_run(model) -> LongRun:
     group_sizes: list[int] = []
     run_group = tracker._run_group
 
-    def recording_run_group(features, obj_ids, frame, backward):
+    def recording_run_group(features, obj_ids, *args):
         group_sizes.append(len(obj_ids))
-        return run_group(features, obj_ids, frame, backward)
+        return run_group(features, obj_ids, *args)
 
     tracker._run_group = recording_run_group
     record = LongRun(tracker, frames, bound, [], [], [], [], [], group_sizes)

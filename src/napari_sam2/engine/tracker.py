@@ -25,7 +25,13 @@ from .features import FeatureCache
 from .frames import FrameSource
 from .holes import fill_small_holes
 from .memory_estimate import check_propagation_fits
-from .objects import FrameOutput, ObjectState, batch_memories, plan_memory
+from .objects import (
+    FrameOutput,
+    MemoryPlan,
+    ObjectState,
+    batch_memories,
+    plan_memory,
+)
 from .prompts import validate_frame_index, validate_object_id, validate_prompt
 
 #: Previous logits fed back with new clicks are clamped, as the reference does, to avoid rare
@@ -181,9 +187,11 @@ class Tracker:
                     previous_logits = previous.low_res.to(self.device).clamp(
                         -PREVIOUS_LOGIT_CLAMP, PREVIOUS_LOGIT_CLAMP
                     )
-                conditioned = self._conditioned_features(
-                    features, [state], frame, first_visit=first_visit, backward=backward
-                )
+                if first_visit:
+                    conditioned = self.model.without_memory(features)
+                else:
+                    plan = self._plan(state, frame, backward)
+                    conditioned = self._with_memory(features, [plan])
                 prediction = self.model.decode(
                     conditioned,
                     features.high_res,
@@ -266,8 +274,6 @@ class Tracker:
         backward_from = start - 1 if direction == "both" else start
         backward_limit = limit - 1 if direction == "both" else limit
         backward = list(range(backward_from, max(backward_from - backward_limit, -1), -1))
-        if direction == "both" and max_frames is None:
-            backward = list(range(start - 1, -1, -1))
         passes = []
         if direction in ("forward", "both"):
             passes.append((forward, False))
@@ -318,8 +324,8 @@ class Tracker:
         if to_run:
             with torch.inference_mode(), autocast_context(self.device):
                 features = self._features(frame, remember=False)
-                for group in self._groups(to_run, frame, backward):
-                    results.update(self._run_group(features, group, frame, backward))
+                for obj_ids, plans in self._groups(to_run, frame, backward):
+                    results.update(self._run_group(features, obj_ids, plans, frame))
         # Marked only once the frame has its results, so a failed read leaves no trace.
         for state in self._objects.values():
             state.tracked[frame] = backward
@@ -327,14 +333,19 @@ class Tracker:
         full = self._to_frame_size(torch.cat(ordered, dim=0))
         return dict(zip(self.object_ids, full))
 
-    def _groups(self, obj_ids: list[int], frame: int, backward: bool) -> list[list[int]]:
-        """Objects whose memories line up share one batched forward pass."""
+    def _groups(
+        self, obj_ids: list[int], frame: int, backward: bool
+    ) -> list[tuple[list[int], list[MemoryPlan]]]:
+        """The objects' memory plans, grouped so that objects whose memories line up share
+        one batched forward pass."""
+        plans = {obj_id: self._plan(self._objects[obj_id], frame, backward) for obj_id in obj_ids}
         if not self.batch_objects:
-            return [[obj_id] for obj_id in obj_ids]
-        groups: dict[tuple, list[int]] = {}
-        for obj_id in obj_ids:
-            plan = self._plan(self._objects[obj_id], frame, backward)
-            groups.setdefault(plan.signature, []).append(obj_id)
+            return [([obj_id], [plan]) for obj_id, plan in plans.items()]
+        groups: dict[tuple, tuple[list[int], list[MemoryPlan]]] = {}
+        for obj_id, plan in plans.items():
+            ids, members = groups.setdefault(plan.signature, ([], []))
+            ids.append(obj_id)
+            members.append(plan)
         return list(groups.values())
 
     def _plan(self, state: ObjectState, frame: int, backward: bool):
@@ -348,32 +359,20 @@ class Tracker:
             signed_offsets=self._signed_offsets,
         )
 
-    def _conditioned_features(
-        self,
-        features: FrameFeatures,
-        states: list[ObjectState],
-        frame: int,
-        *,
-        first_visit: bool,
-        backward: bool,
-    ) -> torch.Tensor:
-        batched = features.expand(len(states))
-        if first_visit:
-            return self.model.without_memory(batched)
-        plans = [self._plan(state, frame, backward) for state in states]
+    def _with_memory(self, features: FrameFeatures, plans: list[MemoryPlan]) -> torch.Tensor:
+        """Features conditioned on each plan's memories, one batch row per plan."""
+        batched = features.expand(len(plans))
         spatial, pointers = batch_memories(plans, self.device)
         return self.model.with_memory(
             batched, spatial, pointers, self._memory_pos, self.num_frames
         )
 
     def _run_group(
-        self, features: FrameFeatures, obj_ids: list[int], frame: int, backward: bool
+        self, features: FrameFeatures, obj_ids: list[int], plans: list[MemoryPlan], frame: int
     ) -> dict[int, torch.Tensor]:
         states = [self._objects[obj_id] for obj_id in obj_ids]
         batched = features.expand(len(states))
-        conditioned = self._conditioned_features(
-            features, states, frame, first_visit=False, backward=backward
-        )
+        conditioned = self._with_memory(features, plans)
         prediction = self.model.decode(
             conditioned, batched.high_res, multimask=self.model.wants_multimask(0)
         )

@@ -56,11 +56,6 @@ class FrameFeatures:
             self.top_pos.expand(batch, -1, -1, -1),
         )
 
-    @property
-    def nbytes(self) -> int:
-        tensors = [*self.high_res, self.top, self.top_pos]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
 
 @dataclass
 class Prediction:
