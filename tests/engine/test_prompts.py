@@ -13,11 +13,11 @@ SIZE = 256
 
 
 def test_point_coordinates_are_scaled_per_axis_to_the_square_input():
-    prompt = validate_prompt(FRAME, SIZE, points=[[100, 50], [0, 100]], labels=[1, 0])
+    prompt = validate_prompt(FRAME, SIZE, points=[[100, 50], [-0.5, 99]], labels=[1, 0])
     assert prompt.mask is None
     assert prompt.coords.dtype == torch.float32 and prompt.coords.shape == (1, 2, 2)
     # x is scaled by 256 / 200 (width), y by 256 / 100 (height).
-    expected = torch.tensor([[[128.0, 128.0], [0.0, 256.0]]])
+    expected = torch.tensor([[[128.0, 128.0], [-0.5 * 1.28, 99 * 2.56]]])
     assert torch.allclose(prompt.coords, expected)
     assert prompt.labels.dtype == torch.int32
     assert prompt.labels.tolist() == [[1, 0]]
@@ -70,7 +70,7 @@ def test_labels_missing_or_of_the_wrong_length():
 
 
 @pytest.mark.parametrize(
-    "point", [[-1, 10], [10, -0.5], [200.5, 10], [10, 101], [1e6, 1e6]], ids=str
+    "point", [[-1, 10], [10, -0.51], [199.5, 10], [10, 99.5], [1e6, 1e6]], ids=str
 )
 def test_points_outside_the_frame(point):
     with pytest.raises(ValueError, match="outside the frame of width 200 and height 100"):

@@ -15,7 +15,7 @@ from ..model.sam2 import PointerMemory, SpatialMemory
 
 
 @dataclass
-class FramePrompt:
+class EncodedPrompt:
     """Prompts of one object on one frame, in model input pixels.
 
     ``coords`` (1, N, 2) float32 (x, y) and ``labels`` (1, N) int32, box corners first with
@@ -64,7 +64,7 @@ class ObjectState:
     mapped to whether that pass ran backward.
     """
 
-    prompts: dict[int, FramePrompt] = field(default_factory=dict)
+    prompts: dict[int, EncodedPrompt] = field(default_factory=dict)
     conditioning: dict[int, FrameOutput] = field(default_factory=dict)
     recent: dict[int, FrameOutput] = field(default_factory=dict)
     pending: dict[int, tuple[FrameOutput, bool]] = field(default_factory=dict)

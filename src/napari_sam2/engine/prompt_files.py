@@ -34,10 +34,11 @@ import csv
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .session import Prompt, group_prompts
 
 __all__ = [
     "Prompt",
@@ -53,38 +54,6 @@ _AXIS_PREFIX = "axis-"
 _SHAPE_COLUMNS = ("index", "shape-type", "vertex-index")
 _TRUE_WORDS = {"1", "true", "positive", "pos", "yes"}
 _FALSE_WORDS = {"0", "false", "negative", "neg", "no"}
-
-
-@dataclass
-class Prompt:
-    """All prompts of one object on one frame, in SAM's coordinates.
-
-    Attributes:
-        frame: index along the tracked axis (0 for a single image).
-        obj_id: object id, a positive integer.
-        points: (N, 2) float64 array of (x, y) = (column, row) pixel coordinates; N may be 0.
-        labels: (N,) int64 array, 1 for a positive click and 0 for a negative one.
-        box: (4,) float64 array (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, or None.
-    """
-
-    frame: int
-    obj_id: int
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    box: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        self.frame = int(self.frame)
-        self.obj_id = int(self.obj_id)
-        self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if self.labels.shape[0] != self.points.shape[0]:
-            raise ValueError(
-                f"Prompt on frame {self.frame}, object {self.obj_id}: {self.points.shape[0]} "
-                f"points but {self.labels.shape[0]} labels"
-            )
-        if self.box is not None:
-            self.box = np.asarray(self.box, dtype=np.float64).reshape(4)
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -320,35 +289,6 @@ def read_prompts_csv(path: str | os.PathLike[str], *, axis: int = 0) -> list[Pro
     if table.column("shape-type") is not None:
         return read_boxes_csv(path, axis=axis)
     return read_points_csv(path, axis=axis)
-
-
-def group_prompts(*prompt_lists: Iterable[Prompt]) -> list[Prompt]:
-    """Combine prompts of the same (frame, object) into one, e.g. clicks and boxes from two files.
-
-    Points are concatenated in order. Raises ValueError if one (frame, object) gets two boxes.
-    Returns new prompts sorted by (frame, object); the inputs are not modified.
-    """
-    merged: dict[tuple[int, int], Prompt] = {}
-    for prompts in prompt_lists:
-        for prompt in prompts:
-            key = (prompt.frame, prompt.obj_id)
-            if key not in merged:
-                merged[key] = Prompt(
-                    prompt.frame, prompt.obj_id, prompt.points.copy(), prompt.labels.copy(),
-                    None if prompt.box is None else prompt.box.copy(),
-                )  # fmt: skip
-                continue
-            into = merged[key]
-            into.points = np.concatenate([into.points, prompt.points])
-            into.labels = np.concatenate([into.labels, prompt.labels])
-            if prompt.box is not None:
-                if into.box is not None:
-                    raise ValueError(
-                        f"object {key[1]} has two boxes on frame {key[0]}; SAM takes one box per "
-                        "object and frame"
-                    )
-                into.box = prompt.box.copy()
-    return [merged[key] for key in sorted(merged)]
 
 
 # ---------------------------------------------------------------------------------- writing

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .objects import FramePrompt
+from .objects import EncodedPrompt
+from .session import inside_frame
 
 
 def validate_frame_index(frame, num_frames: int) -> int:
@@ -52,13 +53,13 @@ def _as_points(points, labels, height: int, width: int) -> tuple[np.ndarray, np.
         raise ValueError(f"labels must be 1 (inside) or 0 (outside), got {np.unique(marks)}")
     if not np.isfinite(coords).all():
         raise ValueError("points contain NaN or infinite coordinates")
-    outside = (coords[:, 0] < 0) | (coords[:, 0] > width) | (coords[:, 1] < 0)
-    outside |= coords[:, 1] > height
+    outside = ~inside_frame(coords, (height, width))
     if outside.any():
         x, y = coords[np.argmax(outside)]
         raise ValueError(
             f"point (x={x:g}, y={y:g}) is outside the frame of width {width} and height "
-            f"{height}; points are (x, y) = (column, row) pixels of the frame"
+            f"{height}; points are (x, y) = (column, row) pixels of the frame, each pixel "
+            f"covering +-0.5 around its centre (x from -0.5 to {width - 0.5:g})"
         )
     return coords, marks.astype(np.int32)
 
@@ -87,7 +88,7 @@ def validate_prompt(
     labels=None,
     box=None,
     mask=None,
-) -> FramePrompt:
+) -> EncodedPrompt:
     """Check one object's prompts on one frame and convert them to model input pixels.
 
     Points and box are scaled from the frame's (H, W) to the model's square input; a mask is
@@ -98,7 +99,7 @@ def validate_prompt(
     if mask is not None:
         if has_points or box is not None:
             raise ValueError("give either a mask, or points and/or a box, not both")
-        return FramePrompt(mask=_mask_input(mask, frame_shape, image_size))
+        return EncodedPrompt(mask=_mask_input(mask, frame_shape, image_size))
     if not has_points and box is None:
         raise ValueError("the prompt is empty: give at least one point, a box or a mask")
 
@@ -115,7 +116,7 @@ def validate_prompt(
     scale = np.array([image_size / width, image_size / height])
     coords_t = torch.as_tensor(xy * scale, dtype=torch.float32).unsqueeze(0)
     labels_t = torch.as_tensor(np.concatenate(parts_labels), dtype=torch.int32).unsqueeze(0)
-    return FramePrompt(coords=coords_t, labels=labels_t)
+    return EncodedPrompt(coords=coords_t, labels=labels_t)
 
 
 def _mask_input(mask, frame_shape: tuple[int, int], image_size: int) -> torch.Tensor:
