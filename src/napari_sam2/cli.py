@@ -8,8 +8,24 @@
 
 ``--points`` and ``--boxes`` are CSV files saved from napari's Points and Shapes layers (File >
 Save Selected Layer(s)); see :mod:`napari_sam2.engine.prompt_files` for the format and the
-optional ``label`` and ``object`` columns. Errors print one ``error: ...`` line and exit with
-status 2 (set ``NAPARI_SAM2_DEBUG=1`` to see the traceback instead).
+optional ``label`` and ``object`` columns.
+
+Nothing is lost:
+
+- every check runs before the model is built or a frame is read: the output must not be an
+  input (``./sub/../stack.tif`` counts), must not be a folder, must lie in an existing folder
+  you can write to, and an existing output is replaced only with ``--overwrite``; a run that
+  would not fit in memory is refused with the numbers;
+- the labels are written to a temporary file beside ``--out`` and renamed into place when
+  complete, so a crash or a full disk leaves the previous output as it was;
+- Ctrl-C (or SIGTERM) during propagation keeps the finished frames: they are written to
+  ``<out>.partial.tif`` (e.g. ``labels.partial.tif``) with every unfinished frame 0, and the
+  TIFF's description lists the finished frames (``{"finished_frames": [...]}``). ``--out``
+  itself is not written. The exit status is then 130. Run the command again to compute all
+  frames (runs are not resumed).
+
+Errors print one ``error: ...`` line and exit with status 2 (set ``NAPARI_SAM2_DEBUG=1`` to see
+the traceback instead).
 """
 
 from __future__ import annotations
@@ -17,21 +33,33 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+import numpy as np
+
+from .engine import io as _io
+
+__all__ = ["PARTIAL_SUFFIX", "RunInterrupted", "main", "partial_path"]
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 DEBUG_ENV_VAR = "NAPARI_SAM2_DEBUG"
 """When set, errors are raised with their traceback instead of printed as one line."""
-_TIFF_SUFFIXES = (".tif", ".tiff")
+PARTIAL_SUFFIX = ".partial"
+"""Inserted before the suffix of ``--out`` for the finished frames of an interrupted run."""
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed as one ``error:`` line, exit status 2."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where the finished frames were kept."""
 
 
 # ---------------------------------------------------------------------------------- model
@@ -49,90 +77,23 @@ def _build_model(name: str, checkpoint: str | None, image_size: int | None, devi
     )
 
 
-# ---------------------------------------------------------------------------------- reading
+# ---------------------------------------------------------------------------------- files
+
+# The readers and the writer live in the engine so the Python API can use them too.
+read_stack = _io.read_stack
+write_labels = _io.write_labels
 
 
-def read_stack(path: str | Path) -> Any:
-    """Open an image for lazy reading: TIFF (memory-mapped when possible), Zarr/OME-Zarr, .npy.
-
-    For an OME-Zarr (or any Zarr group) the full-resolution array is used: the first dataset of
-    the first ``multiscales`` entry, else the array named ``0``, else the first array found.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CommandError(f"input {path} does not exist")
-    suffix = path.suffix.lower()
-    if path.is_dir() and suffix == ".zarr":
-        return _read_zarr(path)
-    if suffix in _TIFF_SUFFIXES:
-        return _read_tiff(path)
-    if suffix == ".npy":
-        import numpy as np
-
-        return np.load(path, mmap_mode="r")
-    raise CommandError(
-        f"cannot read {path}: supported inputs are TIFF (.tif, .tiff), Zarr/OME-Zarr folders "
-        "(.zarr) and NumPy (.npy)"
-    )
+def partial_path(out: str | Path) -> Path:
+    """Where an interrupted run keeps its finished frames: labels.tif -> labels.partial.tif."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}{PARTIAL_SUFFIX}{out.suffix}")
 
 
-def _read_tiff(path: Path) -> Any:
-    import tifffile
-
-    try:
-        return tifffile.memmap(path, mode="r")
-    except (ValueError, TypeError, OSError):
-        # compressed, tiled or otherwise not contiguous: read it into memory
-        pass
-    try:
-        return tifffile.imread(path)
-    except Exception as err:  # tifffile raises many types for broken files
-        raise CommandError(f"cannot read TIFF {path}: {err}") from err
-
-
-def _read_zarr(path: Path) -> Any:
-    if importlib.util.find_spec("zarr") is None:
-        raise CommandError(f"reading {path} needs the zarr package: pip install zarr")
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as err:
-        raise CommandError(f"cannot open Zarr {path}: {err}") from err
-    if hasattr(node, "shape"):
-        return node
-    multiscales = node.attrs.get("multiscales") if hasattr(node, "attrs") else None
-    if multiscales:
-        try:
-            return node[multiscales[0]["datasets"][0]["path"]]
-        except (KeyError, IndexError, TypeError):
-            pass
-    if "0" in node:
-        return node["0"]
-    for _, array in node.arrays():
-        return array
-    raise CommandError(f"the Zarr group {path} holds no array")
-
-
-def _checked_output(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in _TIFF_SUFFIXES:
-        raise CommandError(f"--out {path}: the labels are written as TIFF; use a .tif name")
-    if not path.parent.exists():
-        raise CommandError(f"--out {path}: the folder {path.parent} does not exist")
-    return path
-
-
-def write_labels(path: str | Path, labels: Any) -> Path:
-    """Write labels as a zlib-compressed TIFF: uint16 when the ids fit, else uint32."""
-    import numpy as np
-    import tifffile
-
-    path = _checked_output(path)
-    top = int(labels.max()) if labels.size else 0
-    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
-    tifffile.imwrite(path, np.asarray(labels, dtype=dtype), compression="zlib")
-    return path
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    """Every file the run reads; none of them may be the output."""
+    names = (args.stack, args.points, args.boxes, args.checkpoint)
+    return [name for name in names if name is not None]
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -185,32 +146,165 @@ def _check_model_name(name: str) -> None:
         )
 
 
-def _run_segment(args: argparse.Namespace) -> int:
-    _check_model_name(args.model)
-    out = _checked_output(args.out)  # before the slow part, so a typo fails at once
-    image = read_stack(args.stack)
-    prompts = _read_prompts(args, len(image.shape))
+def _tracker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :class:`~napari_sam2.engine.tracker.Tracker` set by options."""
+    return {
+        "axis": args.axis,
+        "channel_axis": args.channel_axis,
+        "intensity_range": None if args.range is None else tuple(args.range),
+    }
 
-    from .api import segment
 
-    model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
-    with _ProgressBar(enabled=not args.quiet) as bar:
-        labels = segment(
-            image,
-            prompts=prompts,
-            model=model,
-            device=args.device,
-            axis=args.axis,
-            channel_axis=args.channel_axis,
-            intensity_range=None if args.range is None else tuple(args.range),
-            direction=args.direction,
-            progress=bar.update,
+class _Plan:
+    """Everything checked before the model is built: paths, image layout, prompts, memory."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .engine.frames import FrameSource
+        from .engine.memory_estimate import check_run_fits, estimate_run_bytes
+        from .model.config import get_config
+
+        _check_model_name(args.model)
+        inputs = _input_paths(args)
+        self.out = _io.check_output_path(
+            args.out,
+            inputs=inputs,
+            overwrite=args.overwrite,
+            suffixes=_io.TIFF_SUFFIXES,
+            what="--out",
         )
-    written = write_labels(out, labels)
+        from .engine.device import resolve_device
+
+        resolve_device(args.device)  # an unknown or absent device fails before the download
+        try:
+            config = get_config(args.model, args.image_size)
+        except ValueError as err:
+            raise CommandError(f"--image-size {args.image_size}: {_one_line(err)}") from None
+        self.image = read_stack(args.stack)
+        self.prompts = _read_prompts(args, len(self.image.shape))
+        options = _tracker_options(args)
+        # Only the layout is worked out here; no frame is read.
+        self.frames = FrameSource(
+            self.image,
+            axis=options["axis"],
+            channel_axis=options["channel_axis"],
+            intensity_range=options["intensity_range"],
+        )
+        self.single = self.frames.num_frames == 1 and len(self.image.shape) == (
+            2 if self.frames.layout == "grey" else 3
+        )
+        for prompt in self.prompts:
+            if not 0 <= prompt.frame < self.frames.num_frames:
+                raise CommandError(
+                    f"a prompt is on frame {prompt.frame}, but {args.stack} has "
+                    f"{self.frames.num_frames} frame(s) along --axis {args.axis}"
+                )
+        self.object_ids = sorted({prompt.obj_id for prompt in self.prompts})
+        self.label_dtype = _io.label_dtype_for(self.object_ids[-1])
+        self.num_frames = self.frames.num_frames
+        self.start, self.total = _start_and_total(self.prompts, self.num_frames, args.direction)
+        check_run_fits(
+            estimate_run_bytes(
+                image_size=config.image_size,
+                num_objects=len(self.object_ids),
+                num_frames=self.total,
+                frame_shape=self.frames.frame_shape,
+                label_itemsize=self.label_dtype.itemsize,
+                channels=3 if self.frames.layout != "grey" else 1,
+            )
+        )
+
+
+def _start_and_total(prompts: list, num_frames: int, direction: str) -> tuple[int, int]:
+    """The frame propagation starts from, and how many frames it visits."""
+    frames = sorted({prompt.frame for prompt in prompts})
+    start = frames[-1] if direction == "backward" else frames[0]
+    if direction == "forward":
+        return start, num_frames - start
+    if direction == "backward":
+        return start, start + 1
+    return start, num_frames
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    plan = _Plan(args)  # every check before the slow part, so a typo fails at once
+    model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
+    from .engine.labels import merge_logits
+    from .engine.tracker import Tracker
+
+    tracker = Tracker(model, plan.image, **_tracker_options(args), label_dtype=plan.label_dtype)
+    height, width = tracker.frame_shape
+    for prompt in plan.prompts:
+        tracker.set_prompts(
+            prompt.frame,
+            prompt.obj_id,
+            points=prompt.points if len(prompt.points) else None,
+            labels=prompt.labels if len(prompt.labels) else None,
+            box=prompt.box,
+        )
+    if plan.single:
+        labels = merge_logits(
+            tracker.frame_logits(0), shape=(height, width), dtype=plan.label_dtype
+        )
+    else:
+        # The one full copy of the result, in the final dtype; it is written slice by slice.
+        labels = np.zeros((plan.num_frames, height, width), dtype=plan.label_dtype)
+        finished: list[int] = []
+        try:
+            with _ProgressBar(enabled=not args.quiet) as bar:
+                for frame, logits in tracker.propagate(plan.start, args.direction):
+                    labels[frame] = merge_logits(
+                        logits, shape=(height, width), dtype=plan.label_dtype
+                    )
+                    finished.append(frame)
+                    bar.update(len(finished), plan.total)
+        except BaseException as error:
+            _keep_finished_frames(plan, args, labels, finished, error)
+            raise
+    written = write_labels(plan.out, labels, overwrite=args.overwrite, inputs=_input_paths(args))
     if not args.quiet:
-        ids = len({prompt.obj_id for prompt in prompts})
-        print(f"wrote {written} ({' x '.join(map(str, labels.shape))}, {ids} object(s))")
+        print(f"wrote {written} ({' x '.join(map(str, labels.shape))}, "
+              f"{len(plan.object_ids)} object(s))")  # fmt: skip
     return 0
+
+
+def _keep_finished_frames(plan: _Plan, args, labels, finished: list[int], error) -> None:
+    """Write the frames finished before ``error`` to the partial file; the output is untouched.
+
+    A KeyboardInterrupt becomes :class:`RunInterrupted` carrying where the frames went.
+    """
+    if not finished:
+        if isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted("interrupted before any frame was finished; nothing written")
+        return
+    target = partial_path(plan.out)
+    done = sorted(finished)
+    try:
+        write_labels(
+            target,
+            labels,
+            overwrite=True,
+            inputs=_input_paths(args),
+            description={"napari_sam2_partial": True, "finished_frames": done},
+        )
+        kept = (
+            f"the {len(done)} finished frame(s) of {plan.total} ({_ranges(done)}) are in "
+            f"{target}; other frames are 0 there. {plan.out} was not written"
+        )
+    except (OSError, ValueError) as write_error:
+        kept = f"the finished frames could not be kept: {_one_line(write_error)}"
+    if isinstance(error, KeyboardInterrupt):
+        raise RunInterrupted(f"interrupted: {kept}") from None
+    print(f"note: {kept}", file=sys.stderr)
+
+
+def _ranges(frames: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"frames 0-2, 5"``."""
+    parts, begin = [], frames[0]
+    for previous, current in zip(frames, [*frames[1:], None]):
+        if current != previous + 1:
+            parts.append(str(begin) if begin == previous else f"{begin}-{previous}")
+            begin = current
+    return "frames " + ", ".join(parts)
 
 
 class _ProgressBar:
@@ -267,28 +361,21 @@ def _run_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="napari-sam2",
-        description="Segment Anything 2 for stacks and images, with or without napari.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``error:`` line and exit status 2."""
 
-    seg = commands.add_parser(
-        "segment",
-        help="segment a stack from prompts saved in napari",
-        description=(
-            "Segment the objects prompted in napari CSV files through a stack and write a label "
-            "TIFF. Prompt coordinates are the layer's data coordinates, with the frame on the "
-            "tracked axis; a 'label' column (1/0) marks negative clicks and an 'object' column "
-            "gives object ids."
-        ),
-    )
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_segment_options(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("stack", help="image: .tif/.tiff, a .zarr folder (OME-Zarr) or .npy")
     seg.add_argument("--points", metavar="CSV", help="napari Points CSV (clicks)")
     seg.add_argument("--boxes", metavar="CSV", help="napari Shapes CSV (rectangles)")
     seg.add_argument("--out", required=True, metavar="TIF", help="output label TIFF")
+    seg.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (atomically)"
+    )
     seg.add_argument(
         "--model", default="sam2.1_hiera_tiny", help="preset name (default: %(default)s)"
     )
@@ -315,6 +402,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="propagation direction from the prompted frames (default: both)",
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="napari-sam2",
+        description="Segment Anything 2 for stacks and images, with or without napari.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment a stack from prompts saved in napari",
+        description=(
+            "Segment the objects prompted in napari CSV files through a stack and write a label "
+            "TIFF. Prompt coordinates are the layer's data coordinates, with the frame on the "
+            "tracked axis; a 'label' column (1/0) marks negative clicks and an 'object' column "
+            "gives object ids. Ctrl-C keeps the finished frames in OUT.partial.tif."
+        ),
+    )
+    _add_segment_options(seg)
     seg.set_defaults(handler=_run_segment)
 
     models = commands.add_parser("models", help="list model presets and their download status")
@@ -329,14 +437,11 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 on success, 2 on errors)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Imported after parsing: it loads torch, which --help should not wait for.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Imported late: it loads pooch, which --help should not wait for.
     from .model.registry import CheckpointHashMismatch, CheckpointUnavailable
 
-    user_errors = (
+    return (
         CommandError,
         ValueError,
         TypeError,
@@ -345,19 +450,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointUnavailable,
         CheckpointHashMismatch,
     )
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 on success, 2 on errors, 130 on Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(os.environ.get(DEBUG_ENV_VAR))
+    # SIGTERM (a killed job, a closed terminal) keeps the finished frames as Ctrl-C does.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return args.handler(args)
-    except user_errors as error:
-        if os.environ.get(DEBUG_ENV_VAR):
+    except KeyboardInterrupt as interrupt:
+        if debug:
             raise
+        message = str(interrupt) if isinstance(interrupt, RunInterrupted) else "interrupted"
+        print(f"error: {_one_line(RuntimeError(message))}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if debug:
+            raise
+        from .model.registry import CheckpointUnavailable
+
         message = _one_line(error)
         if isinstance(error, CheckpointUnavailable):
             message += " On the command line, give the local file with --checkpoint FILE."
+        if not isinstance(error, _user_errors()):
+            # Not a known bad-input error: still one line, with the type to report it by.
+            message = (
+                f"unexpected {type(error).__name__}: {message} (set {DEBUG_ENV_VAR}=1 for the "
+                "traceback and please report it)"
+            )
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

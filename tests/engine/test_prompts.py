@@ -78,8 +78,12 @@ def test_points_outside_the_frame(point):
 
 
 def test_points_on_the_far_edges_are_inside():
-    prompt = validate_prompt(FRAME, SIZE, points=[[200, 100]], labels=[1])
-    assert torch.allclose(prompt.coords, torch.tensor([[[256.0, 256.0]]]))
+    # pixel-area rule: pixel i covers [i - 0.5, i + 0.5), so x runs from -0.5 to below 199.5
+    prompt = validate_prompt(FRAME, SIZE, points=[[199.25, 99.25]], labels=[1])
+    scale = torch.tensor([SIZE / FRAME[1], SIZE / FRAME[0]])
+    assert torch.allclose(prompt.coords, torch.tensor([[[199.25, 99.25]]]) * scale)
+    with pytest.raises(ValueError, match="outside the frame"):
+        validate_prompt(FRAME, SIZE, points=[[200, 100]], labels=[1])
 
 
 def test_points_of_the_wrong_shape_or_not_finite():

@@ -31,6 +31,7 @@ rounded to the nearest integer; in 2-D files every prompt is on frame 0. The two
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write
 from .session import Prompt, group_prompts
 
 __all__ = [
@@ -64,20 +66,53 @@ class _Table:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"prompt file {self.path} is a folder; give the path of a CSV file")
         if not self.path.is_file():
             raise FileNotFoundError(f"prompt file {self.path} does not exist")
-        with open(self.path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise ValueError(
-                    f"{self.path}: the file is empty; expected a napari CSV with a header line "
-                    "such as 'index,axis-0,axis-1'"
-                ) from None
-            self.header = [name.strip() for name in header]
-            # (line number, cells); blank lines are skipped, as napari's reader would fail on them
-            self.rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+        data = self.path.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise self.error(
+                line,
+                f"byte {data[err.start]:#04x} is not UTF-8 text; save the file as UTF-8 (napari "
+                "writes UTF-8) or check that it is a CSV file",
+            ) from None
+        if "\x00" in text:
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise self.error(line, "holds a NUL character: this is not a text CSV file")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(
+                f"{self.path}: the file is empty; expected a napari CSV with a header line "
+                "such as 'index,axis-0,axis-1'"
+            ) from None
+        except csv.Error as err:
+            raise self.error(1, f"is not valid CSV ({err})") from None
+        self.header = [name.strip() for name in header]
+        seen: set[str] = set()
+        for name in self.header:
+            if name in seen:
+                raise self.error(1, f"column {name!r} appears twice in the header")
+            seen.add(name)
+        # (line number, cells); blank lines are skipped, as napari's reader would fail on them
+        self.rows = []
+        try:
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) > len(self.header):
+                    raise self.error(
+                        reader.line_num,
+                        f"has {len(row)} values, but the header has {len(self.header)} columns",
+                    )
+                self.rows.append((reader.line_num, row))
+        except csv.Error as err:
+            raise self.error(reader.line_num, f"is not valid CSV ({err})") from None
         self.axis_columns = self._axis_columns()
 
     def _axis_columns(self) -> list[int]:
@@ -322,7 +357,8 @@ def write_points_csv(
     """Write the points of ``prompts`` as napari's Points CSV (with ``label`` and ``object``).
 
     Args:
-        path: file to write (overwritten).
+        path: file to write (replaced atomically: a temporary file beside it is renamed into
+            place once complete, so an interrupted write leaves the old file).
         prompts: prompts whose points are written; boxes are ignored (see
             :func:`write_boxes_csv`).
         ndim: 3 writes (frame, row, col) coordinates with the frame on ``axis``; 2 writes
@@ -337,7 +373,7 @@ def write_points_csv(
     _check_ndim(prompts, ndim, axis)
     path = Path(path)
     header = ["index", *(f"{_AXIS_PREFIX}{n}" for n in range(ndim)), "label", "object"]
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         index = 0
@@ -363,7 +399,7 @@ def write_boxes_csv(
     _check_ndim(prompts, ndim, axis)
     path = Path(path)
     header = [*_SHAPE_COLUMNS, *(f"{_AXIS_PREFIX}{n}" for n in range(ndim)), "object"]
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for index, prompt in enumerate(prompts):

@@ -14,8 +14,13 @@ from torch.nn import functional as F
 from .objects import EncodedPrompt
 from .session import inside_frame
 
+#: Float masks (probabilities, soft masks) are foreground where the value is at least this.
+MASK_THRESHOLD = 0.5
+
 
 def validate_frame_index(frame, num_frames: int) -> int:
+    """``frame`` as an int; ValueError unless it is an integer (not a bool or a float) in
+    ``[0, num_frames)``."""
     if not isinstance(frame, numbers.Integral) or isinstance(frame, bool):
         raise ValueError(f"frame index must be an integer, got {frame!r}")
     if not 0 <= frame < num_frames:
@@ -26,12 +31,36 @@ def validate_frame_index(frame, num_frames: int) -> int:
     return int(frame)
 
 
-def validate_object_id(obj_id) -> int:
+def validate_object_id(obj_id, label_dtype: np.dtype | type | None = None) -> int:
+    """``obj_id`` as an int; ValueError unless it is a positive integer (not a bool or a float)
+    that fits ``label_dtype`` (the dtype of the label image it will be written to), if given."""
     if not isinstance(obj_id, numbers.Integral) or isinstance(obj_id, bool) or obj_id < 1:
         raise ValueError(
             f"object id must be a positive integer (it becomes the label value), got {obj_id!r}"
         )
+    if label_dtype is not None:
+        limit = int(np.iinfo(np.dtype(label_dtype)).max)
+        if obj_id > limit:
+            raise ValueError(
+                f"object id {obj_id} does not fit the {np.dtype(label_dtype)} label image "
+                f"(largest id {limit}); use smaller ids or a wider label dtype"
+            )
     return int(obj_id)
+
+
+def mask_to_bool(mask) -> np.ndarray:
+    """A mask prompt as bool: bool as is, integers where non-zero, floats where
+    >= :data:`MASK_THRESHOLD` (0.5). ValueError for NaN, or a dtype that is not a number."""
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array
+    if array.dtype.kind in "iu":
+        return array != 0
+    if array.dtype.kind == "f":
+        if np.isnan(array).any():
+            raise ValueError("the mask contains NaN; give a bool mask or numbers in [0, 1]")
+        return array >= MASK_THRESHOLD
+    raise ValueError(f"a mask must be bool, integer or float, got dtype {array.dtype}")
 
 
 def _as_points(points, labels, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +120,8 @@ def validate_prompt(
 ) -> EncodedPrompt:
     """Check one object's prompts on one frame and convert them to model input pixels.
 
-    Points and box are scaled from the frame's (H, W) to the model's square input; a mask is
+    Points and box are scaled from the frame's (H, W) to the model's square input. A mask is
+    made bool first (see :func:`mask_to_bool`: a float mask is foreground where >= 0.5), then
     resized to (S, S) and thresholded at 0.5.
     """
     height, width = frame_shape
@@ -126,7 +156,7 @@ def _mask_input(mask, frame_shape: tuple[int, int], image_size: int) -> torch.Te
             f"mask has shape {array.shape} but frames are {tuple(frame_shape)}; give a bool "
             "mask of the frame's (H, W)"
         )
-    tensor = torch.as_tensor(array.astype(bool), dtype=torch.float32)[None, None]
+    tensor = torch.as_tensor(mask_to_bool(array), dtype=torch.float32)[None, None]
     if tuple(frame_shape) == (image_size, image_size):
         return tensor
     resized = F.interpolate(

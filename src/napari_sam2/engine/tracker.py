@@ -41,6 +41,17 @@ PREVIOUS_LOGIT_CLAMP = 32.0
 DIRECTIONS = ("forward", "backward", "both")
 
 
+class PropagationInvalidated(ValueError):
+    """A propagation generator can no longer go on, raised at its next step.
+
+    Semantics (documented on :meth:`Tracker.propagate`): adding an object, removing one or
+    :meth:`Tracker.reset` while a propagation runs, or starting another :meth:`Tracker.propagate`
+    on the same tracker, ends the running one. Frames it finished stay tracked; call
+    ``propagate`` again to continue with the new objects. Prompt changes on existing objects do
+    not end it.
+    """
+
+
 class Tracker:
     """Prompts on any frame, many objects, propagation both ways, corrections.
 
@@ -76,7 +87,14 @@ class Tracker:
         corrections_as_conditioning: bool = True,
         batch_objects: bool | None = None,
         compile_backend: str | None = None,
+        label_dtype: np.dtype | type = np.uint32,
     ) -> None:
+        self.label_dtype = np.dtype(label_dtype)
+        if self.label_dtype.kind not in "iu":
+            raise ValueError(f"label_dtype must be an integer dtype, got {self.label_dtype}")
+        # Bumped whenever the set of objects changes; a running propagation checks it.
+        self._objects_version = 0
+        self._propagation_token: object | None = None
         self.model = model
         self.device = model.device if device is None else resolve_device(device)
         if self.device != model.device:
@@ -167,10 +185,12 @@ class Tracker:
         object with output on ``frame``.
         """
         validate_frame_index(frame, self.num_frames)
-        validate_object_id(obj_id)
+        validate_object_id(obj_id, self.label_dtype)
         prompt = validate_prompt(
             self.frame_shape, self._image_size, points=points, labels=labels, box=box, mask=mask
         )
+        if int(obj_id) not in self._objects:
+            self._objects_version += 1
         state = self._objects.setdefault(int(obj_id), ObjectState())
         first_visit = frame not in state.tracked
         backward = False if first_visit else state.tracked[frame]
@@ -235,10 +255,12 @@ class Tracker:
         """Forget ``obj_id`` entirely."""
         self._state(obj_id)
         del self._objects[obj_id]
+        self._objects_version += 1
 
     def reset(self) -> None:
         """Forget every object and prompt; cached image features stay valid and are kept."""
         self._objects.clear()
+        self._objects_version += 1
 
     def _state(self, obj_id: int) -> ObjectState:
         if obj_id not in self._objects:
@@ -256,6 +278,10 @@ class Tracker:
         from the frame before it). ``max_frames`` limits the frames visited in each direction,
         ``start`` included. Closing the generator cancels; finished frames stay tracked and the
         tracker stays usable.
+
+        One propagation at a time: calling ``propagate`` again, or adding or removing an object
+        (or :meth:`reset`) while a generator is unfinished, makes that generator raise
+        :class:`PropagationInvalidated` at its next step (its finished frames stay tracked).
         """
         validate_frame_index(start, self.num_frames)
         if direction not in DIRECTIONS:
@@ -266,7 +292,9 @@ class Tracker:
         total = sum(len(order) for order, _ in passes)
         check_propagation_fits(self, total)
         self._commit_pending()
-        return self._propagation(passes)
+        token = object()
+        self._propagation_token = token
+        return self._propagation(passes, token, self._objects_version)
 
     def _passes(self, start: int, direction: str, max_frames: int | None):
         limit = self.num_frames if max_frames is None else max_frames
@@ -281,10 +309,31 @@ class Tracker:
             passes.append((backward, True))
         return passes
 
-    def _propagation(self, passes) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+    def _propagation(self, passes, token, version) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         for order, backward in passes:
             for frame in order:
-                yield frame, self._track_frame(frame, backward)
+                self._check_still_valid(token, version)
+                try:
+                    result = self._track_frame(frame, backward)
+                except (KeyError, RuntimeError) as err:
+                    # another thread changed the objects mid-frame: say so, not torch's words
+                    self._check_still_valid(token, version, cause=err)
+                    raise
+                self._check_still_valid(token, version)
+                yield frame, result
+
+    def _check_still_valid(self, token, version, cause: BaseException | None = None) -> None:
+        if self._propagation_token is not token:
+            raise PropagationInvalidated(
+                "another propagate() started on this tracker, which ends this one; its finished "
+                "frames are kept. Run one propagation at a time (close the old generator first)"
+            ) from cause
+        if self._objects_version != version:
+            raise PropagationInvalidated(
+                "the objects changed during propagation (an object was added or removed, or the "
+                "tracker was reset), which ends it; finished frames are kept. Call propagate() "
+                f"again to track the objects now present ({self.object_ids or 'none'})"
+            ) from cause
 
     def _commit_pending(self) -> None:
         """Encode the memory of frames prompted since the last propagation and file them."""
