@@ -450,3 +450,130 @@ def test_model_input_rejects_bad_size():
     source = FrameSource(np.zeros((4, 4)), intensity_range=(0, 1))
     with pytest.raises(ValueError, match="image_size"):
         source.model_input(0, 0)
+
+
+# ---------------------------------------------------------------------------- extreme numbers
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _levels(frame: np.ndarray) -> int:
+    return len(np.unique(frame[..., 0]))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.array([[-3e38, -1e38, 0.0, 1e38, 3e38]], dtype=np.float32),
+        np.array([[-FLT_MAX, -3e38, 0.0, 3e38, FLT_MAX * 0.999]], dtype=np.float32),
+        np.array([[-1e308, 0.0, 1e308, 1.7e308]], dtype=np.float64),
+        np.array([[2**62, 2**62 + 1, 2**62 + 2, 2**62 + 3, 2**62 + 4]], dtype=np.int64),
+        np.array([[-(2**63), -1, 0, 2**63 - 1]], dtype=np.int64),
+        np.array([[2**64 - 5, 2**64 - 4, 2**64 - 3, 2**64 - 1]], dtype=np.uint64),
+        np.array([[-(2**31), 0, 2**31 - 1]], dtype=np.int32),
+        np.array([[-65504.0, 0.0, 65504.0]], dtype=np.float16),
+    ],
+)
+def test_extreme_values_map_into_unit_range_with_contrast(data):
+    stack = np.repeat(np.tile(data, (4, 1))[None], 2, axis=0)  # (2, 4, W)
+    source = FrameSource(stack)
+    frame = source.read(0)
+    assert frame.dtype == np.float32 and np.isfinite(frame).all()
+    assert frame.min() >= 0.0 and frame.max() <= 1.0
+    assert _levels(frame) >= 2  # the data has contrast, and so does the frame
+    lo, hi = source.intensity_range
+    assert np.isfinite([lo, hi]).all() and lo < hi
+
+
+def test_int64_offsets_near_2_62_keep_every_step():
+    base = 2**62
+    stack = (base + np.arange(4 * 50, dtype=np.int64)).reshape(2, 4, 25)
+    frame = FrameSource(stack, intensity_range=(base, base + 199)).read(1)
+    grey = frame[..., 0]
+    # 100 distinct inputs on frame 1 give 100 distinct, increasing outputs
+    assert len(np.unique(grey)) == 100
+    assert np.all(np.diff(grey.ravel()) > 0)
+
+
+@pytest.mark.parametrize("fill", [-FLT_MAX, FLT_MAX, np.nan, np.inf, -np.inf])
+def test_no_data_fills_are_left_out_of_the_range(fill):
+    data = np.linspace(0, 100, 64 * 64, dtype=np.float32).reshape(64, 64)
+    data[:20] = fill  # a third of the frame is no data
+    source = FrameSource(np.stack([data, data]))
+    lo, hi = source.intensity_range
+    assert 0 <= lo < hi <= 100
+    frame = source.read(0)
+    assert np.isfinite(frame).all() and frame.min() >= 0 and frame.max() <= 1
+    assert _levels(frame[20:]) > 100  # the real data keeps its contrast
+    expected = 1.0 if fill == np.inf else 0.0
+    assert np.all(frame[:20] == expected)
+
+
+def test_a_frame_of_only_no_data_is_named():
+    data = np.full((2, 8, 8), -FLT_MAX, dtype=np.float32)
+    with pytest.raises(ValueError, match="no-data"):
+        FrameSource(data).read(0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [(np.nan, 1), (0, np.inf), (-np.inf, 0), (5, 1), ("a", "b"), (1,), (1, 2, 3), None],
+)
+def test_intensity_range_must_be_finite_and_ordered(bad):
+    if bad is None:
+        bad = [[0, 1], [2]]
+    with pytest.raises(ValueError, match="intensity_range"):
+        FrameSource(np.zeros((2, 8, 8)), intensity_range=bad)
+
+
+@pytest.mark.parametrize("axis", [1.5, True, "0", 0.0])
+def test_axis_must_be_an_integer(axis):
+    with pytest.raises(ValueError, match="axis must be an integer"):
+        FrameSource(np.zeros((2, 8, 8)), axis=axis)
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_DTYPES = ["bool", "uint8", "uint16", "int16", "int32", "int64", "uint64", "float16", "float32",
+           "float64"]  # fmt: skip
+
+
+@st.composite
+def _stacks(draw):
+    dtype = np.dtype(draw(st.sampled_from(_DTYPES)))
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=7))
+    if dtype.kind == "f":
+        elements = hnp.from_dtype(dtype, allow_nan=True, allow_infinity=True, allow_subnormal=True)
+        fills = st.sampled_from([np.finfo(dtype).max, -np.finfo(dtype).max, np.nan, -np.inf])
+        elements = st.one_of(elements, fills)
+    else:
+        elements = hnp.from_dtype(dtype)
+    array = draw(hnp.arrays(dtype, shape, elements=elements))
+    axis = draw(st.integers(-5, 4))
+    channel_axis = draw(st.one_of(st.none(), st.integers(-4, 4)))
+    explicit = draw(st.one_of(st.none(), st.tuples(st.floats(), st.floats())))
+    return array, axis, channel_axis, explicit
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_stacks())
+def test_fuzz_every_stack_maps_into_unit_range_or_is_refused(case):
+    """Any shape, dtype (extreme values and no-data included), axis and range: either frames in
+    [0, 1], finite, float32 (H, W, 3), or a ValueError with a message; never anything else."""
+    array, axis, channel_axis, explicit = case
+    try:
+        source = FrameSource(array, axis=axis, channel_axis=channel_axis,
+                             intensity_range=explicit)  # fmt: skip
+        frames = [source.read(i) for i in range(source.num_frames)]
+    except ValueError as err:
+        assert str(err)
+        event(f"refused: {type(err).__name__}")
+        return
+    event(f"read {array.dtype}")
+    for frame in frames:
+        assert frame.dtype == np.float32 and frame.shape == (*source.frame_shape, 3)
+        assert np.isfinite(frame).all() and frame.min() >= 0.0 and frame.max() <= 1.0

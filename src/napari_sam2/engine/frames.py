@@ -19,6 +19,7 @@ A 2-D array, or a 3-D array whose last axis is RGB(A), is a single frame and ``a
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import threading
 from collections.abc import Sequence
@@ -69,8 +70,15 @@ class FrameSource:
     A degenerate range (``hi == lo``, e.g. a constant stack) maps values above ``lo`` to 1 and all
     others to 0, so a constant stack becomes all zeros without any division by zero.
 
-    Non-finite values are replaced before normalisation: NaN and -inf by ``lo``, +inf by ``hi``.
-    A frame that holds no finite value at all raises ValueError naming the frame.
+    The mapping is computed in float64 (halved operands, so even ``-1e308..1e308`` cannot
+    overflow), and for 64-bit integers in exact integer arithmetic, so every frame maps into
+    [0, 1], finite, and keeps its contrast: float32 data near ``+-3e38`` and int64 data near
+    ``2**62`` included.
+
+    No-data values: NaN, +-inf and +-FLT_MAX (the float32 maximum, a common "no data" fill, and
+    the float64 maximum likewise) are left out of the estimated range. When mapping, NaN, -inf
+    and +-FLT_MAX become ``lo`` (0) and +inf becomes ``hi`` (1). A frame that holds no finite
+    value at all raises ValueError naming the frame.
     """
 
     def __init__(
@@ -95,6 +103,8 @@ class FrameSource:
                 f"frames have dtype {dtype}; expected bool, integer or float data "
                 "(convert complex or object data to real numbers first)"
             )
+        if isinstance(sample_frames, bool) or not isinstance(sample_frames, numbers.Integral):
+            raise ValueError(f"sample_frames must be an integer, got {sample_frames!r}")
         if int(sample_frames) < 1:
             raise ValueError(f"sample_frames must be at least 1, got {sample_frames}")
 
@@ -185,7 +195,12 @@ class FrameSource:
     def _validated_range(
         self, intensity_range: Sequence[float] | Sequence[Sequence[float]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        values = np.asarray(intensity_range, dtype=np.float64)
+        try:
+            values = np.asarray(intensity_range, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"intensity_range must be numbers (lo, hi); got {intensity_range!r}"
+            ) from None
         if values.shape == (2,):
             values = values[None, :]
         channels = self._num_channels if self._colour == "channels" else 1
@@ -201,6 +216,15 @@ class FrameSource:
             raise ValueError(
                 f"intensity_range has lo > hi ({intensity_range!r}); give (lo, hi) with lo <= hi"
             )
+        if _exact_integers(self._dtype):
+            # whole-number bounds stay exact Python ints (float64 merges 2**62 and 2**62 + 4)
+            exact = np.array(
+                [_exact_bound(v) for v in np.asarray(intensity_range, dtype=object).ravel()],
+                dtype=object,
+            ).reshape(values.shape)
+            if (exact[:, 0] > exact[:, 1]).any():
+                raise ValueError(f"intensity_range has lo > hi ({intensity_range!r})")
+            return exact[:, 0], exact[:, 1]
         return lo, hi
 
     # ------------------------------------------------------------------ properties
@@ -241,8 +265,8 @@ class FrameSource:
         """
         lo, hi = self._ensure_range()
         if lo.shape[0] == 1:
-            return float(lo[0]), float(hi[0])
-        return tuple((float(a), float(b)) for a, b in zip(lo, hi, strict=True))
+            return _number(lo[0]), _number(hi[0])
+        return tuple((_number(a), _number(b)) for a, b in zip(lo, hi, strict=True))
 
     # ------------------------------------------------------------------ reading
 
@@ -278,7 +302,7 @@ class FrameSource:
     def _normalised(self, index: int) -> np.ndarray:
         """Frame ``index`` in [0, 1] as float32 (H, W, 1) for grey data, else (H, W, 3)."""
         raw = self.read_raw(index)
-        values = _as_float(raw)
+        values = raw if _exact_integers(raw.dtype) else _as_float(raw)
         if values.dtype.kind == "f" and not np.isfinite(values).any():
             raise ValueError(
                 f"frame {index} holds no finite values (all NaN or infinite); it cannot be "
@@ -358,7 +382,9 @@ class FrameSource:
         groups = self._num_channels if per_channel else 1
         samples: list[list[np.ndarray]] = [[] for _ in range(groups)]
         for index in self.sample_indices():
-            frame = _as_float(self.read_raw(index)[::stride, ::stride])
+            frame = self.read_raw(index)[::stride, ::stride]
+            if not _exact_integers(frame.dtype):
+                frame = _as_float(frame)
             if self._colour == "rgb":
                 frame = frame[..., :3]
             if per_channel:
@@ -369,18 +395,20 @@ class FrameSource:
         lows, highs = [], []
         for group in samples:
             values = np.concatenate(group)
-            values = values[np.isfinite(values)]
+            if values.dtype.kind == "f":
+                values = values[~_no_data(values)]
             if values.size == 0:
                 raise ValueError(
-                    "the frames sampled to estimate the intensity range contain no finite values; "
-                    "pass intensity_range=(lo, hi) explicitly"
+                    "the frames sampled to estimate the intensity range contain no finite values "
+                    "other than no-data fills (NaN, inf, FLT_MAX); pass intensity_range=(lo, hi) "
+                    "explicitly"
                 )
-            lo, hi = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
-            if hi <= lo:  # sparse data (mostly one value): fall back to the full span
-                lo, hi = values.min(), values.max()
-            lows.append(float(lo))
-            highs.append(float(hi))
-        return np.array(lows), np.array(highs)
+            lo, hi = _robust_range(values)
+            lows.append(lo)
+            highs.append(hi)
+        # 64-bit integer ranges stay Python ints: float64 would merge 2**62 and 2**62 + 4.
+        kind = object if _exact_integers(self._dtype) else np.float64
+        return np.array(lows, dtype=kind), np.array(highs, dtype=kind)
 
 
 def reduce_channels(scaled: np.ndarray) -> np.ndarray:
@@ -400,31 +428,104 @@ def reduce_channels(scaled: np.ndarray) -> np.ndarray:
     return scaled[..., :3]
 
 
+_NO_DATA = (float(np.finfo(np.float32).max), float(np.finfo(np.float64).max))
+
+
+def _no_data(values: np.ndarray) -> np.ndarray:
+    """True where a float value is NaN, +-inf or +-FLT_MAX / +-DBL_MAX (no-data fills)."""
+    magnitude = np.abs(values)
+    return ~np.isfinite(values) | np.isin(magnitude, _NO_DATA)
+
+
+def _exact_bound(value) -> int | float:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def _number(value) -> float | int:
+    """A range bound for users: a Python int stays exact (64-bit data), else a float."""
+    return value if isinstance(value, int) else float(value)
+
+
+def _exact_integers(dtype: np.dtype) -> bool:
+    """64-bit integers: float64 would lose offsets near 2**62, so they are mapped exactly."""
+    return dtype.kind in "iu" and dtype.itemsize >= 8
+
+
+def _robust_range(values: np.ndarray) -> tuple[float, float] | tuple[int, int]:
+    """(lo, hi) at the robust percentiles of 1-D ``values``; the full span when they meet.
+    Exact Python ints for 64-bit integers."""
+    if _exact_integers(values.dtype):
+        ordered = np.sort(values)
+        last = ordered.size - 1
+        lo = ordered[int(math.floor(LOW_PERCENTILE / 100 * last))]
+        hi = ordered[int(math.ceil(HIGH_PERCENTILE / 100 * last))]
+        if hi <= lo:
+            lo, hi = ordered[0], ordered[-1]
+        return int(lo), int(hi)
+    lo, hi = np.percentile(values, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    if hi <= lo:  # sparse data (mostly one value): fall back to the full span
+        lo, hi = values.min(), values.max()
+    return float(lo), float(hi)
+
+
 def _normalise(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Map ``lo`` to 0 and ``hi`` to 1 per channel (last axis), clipped; non-finite replaced."""
-    lo = lo.astype(values.dtype)
-    hi = hi.astype(values.dtype)
-    if values.dtype.kind == "f":
-        values = np.where(np.isnan(values) | np.isneginf(values), lo, values)
-        values = np.where(np.isposinf(values), hi, values)
-    span = hi - lo
+    """Map ``lo`` to 0 and ``hi`` to 1 per channel (last axis), clipped, in float64.
+
+    No-data values become ``lo`` (+inf becomes ``hi``). 64-bit integers are mapped in exact
+    integer arithmetic; floats through halved operands, so no step can overflow.
+    """
+    if _exact_integers(values.dtype):
+        return _normalise_exact(values, lo, hi)
+    values = values.astype(np.float64, copy=False)
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    positive_inf = np.isposinf(values)
+    values = np.where(_no_data(values), lo, values)
+    values = np.where(positive_inf, hi, values)
+    span = hi / 2 - lo / 2
     degenerate = span <= 0
-    safe_span = np.where(degenerate, 1, span)
-    scaled = (values - lo) / safe_span
+    safe_span = np.where(degenerate, 1.0, span)
+    scaled = (values / 2 - lo / 2) / safe_span
     if degenerate.any():
-        step = (values > lo).astype(values.dtype)
+        step = (values > lo).astype(np.float64)
         scaled = np.where(degenerate, step, scaled)
     return np.clip(scaled, 0.0, 1.0)
 
 
+def _normalise_exact(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """:func:`_normalise` for int64/uint64: offsets from ``lo`` are taken in integers."""
+    info = np.iinfo(values.dtype)
+    channels = values.shape[-1]
+    lo = np.broadcast_to(np.asarray(lo, dtype=object), (channels,))
+    hi = np.broadcast_to(np.asarray(hi, dtype=object), (channels,))
+    out = np.empty(values.shape, dtype=np.float64)
+    for channel in range(channels):
+        # The range as integers inside the dtype (a float range is widened to whole numbers).
+        low = int(min(max(math.floor(lo[channel]), info.min), info.max))
+        high = int(min(max(math.ceil(hi[channel]), info.min), info.max))
+        column = values[..., channel]
+        if high <= low:
+            out[..., channel] = column > low
+            continue
+        clipped = np.clip(column, values.dtype.type(low), values.dtype.type(high))
+        # uint64 wrap-around gives the exact offset in [0, high - low] even across the sign.
+        offset = clipped.astype(np.uint64) - np.uint64(low % 2**64)
+        out[..., channel] = offset.astype(np.float64) / float(high - low)
+    return np.clip(out, 0.0, 1.0)
+
+
 def _as_float(frame: np.ndarray) -> np.ndarray:
-    """float32 for small types; float64 where float32 would lose offsets (wide ints, float64)."""
-    if (frame.dtype.kind in "iu" and frame.dtype.itemsize >= 4) or frame.dtype == np.float64:
-        return frame.astype(np.float64)
-    return frame.astype(np.float32)
+    """float64: exact for every integer up to 32 bits and every float32 value, and wide enough
+    that mapping extreme values cannot overflow."""
+    return frame.astype(np.float64, copy=False)
 
 
 def _normalise_axis(axis: int, ndim: int, name: str) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {axis!r}")
     if not -ndim <= int(axis) < ndim:
         raise ValueError(f"{name}={axis} is out of range for {ndim}-D frames")
     return int(axis) % ndim
