@@ -44,6 +44,7 @@ def segment(
     checkpoint: str | os.PathLike[str] | None = "download",
     image_size: int | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
     axis: int = 0,
     channel_axis: int | None = None,
     intensity_range: tuple[float, float] | None = None,
@@ -76,6 +77,10 @@ def segment(
         image_size: the network's square input size; None keeps the preset's (1024).
         device: "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps". With a
             built ``model``, "auto" keeps the model where it is.
+        precision: what the network computes in: "auto" (bfloat16 on CUDA and on CPUs with
+            native bfloat16, such as recent Xeons and AMD Zen 4; float32 elsewhere),
+            "float32", "bfloat16" or "float16" (CUDA and MPS only). See
+            :mod:`napari_sam2.engine.precision`.
         axis: the tracked axis of ``image`` (z or t). Ignored for a single image.
         channel_axis: axis holding channels of multichannel data, or None.
         intensity_range: (lo, hi) mapped to black and white; None uses robust percentiles of the
@@ -125,6 +130,7 @@ def segment(
         channel_axis=channel_axis,
         intensity_range=intensity_range,
         device=tracker_device,
+        precision=precision,
     )
     single = _is_single_image(image, tracker)
     _check_frames(prompt_list, tracker.num_frames, axis, single)

@@ -62,8 +62,12 @@ class SideBySide:
         _upcast_oracle_memory(self.oracle)
         self.model = build_sam2(preset, image_size=image_size, fill_hole_area=0)
         self.model.load_state_dict(self.oracle.state_dict(), strict=True)
+        # Parity is checked in float32, whatever "auto" would choose on this machine.
         self.tracker = Tracker(
-            self.model, frames, corrections_as_conditioning=corrections_as_conditioning
+            self.model,
+            frames,
+            corrections_as_conditioning=corrections_as_conditioning,
+            precision="float32",
         )
         height, width = self.tracker.frame_shape
         inputs = torch.cat(
