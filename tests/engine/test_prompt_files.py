@@ -221,3 +221,160 @@ def test_boxes_reader_rejects_points_file_and_two_boxes_per_object(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
         read_points_csv("nowhere.csv")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"index,axis-0,axis-1,axis-1\n0,1,2,3\n", "line 1: column 'axis-1' appears twice"),
+        (b"index,axis-0,axis-1\n0,1,2\n1,1,2,3\n", "line 3: has 4 values, but the header has 3"),
+        (b"index,axis-0,axis-1\n0,1,2\n# caf\xe9\n", "line 3: byte 0xe9 is not UTF-8"),
+        (b"\xff\xfe\x00i\x00n\x00d", "line 1: byte 0xff is not UTF-8"),
+        (b"index,axis-0,axis-1\n0,1\x00,2\n", "line 2: holds a NUL character"),
+        (b'index,axis-0,axis-1\n0,"1,2\n', r"line [12]"),
+    ],
+)
+def test_csv_problems_name_the_file_and_the_row(tmp_path, data, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(data)
+    for reader in (read_points_csv, read_boxes_csv, read_prompts_csv):
+        with pytest.raises(ValueError, match=message) as info:
+            reader(path)
+        assert str(path) in str(info.value)
+
+
+def test_a_folder_given_as_the_file(tmp_path):
+    with pytest.raises(ValueError, match="is a folder") as info:
+        read_points_csv(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_writers_replace_files_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "points.csv"
+    path.write_text("the previous file")
+    prompts = [Prompt(0, 1, [[1, 2]], [1])]
+
+    def failing_writerow(self, row):
+        raise OSError("disk full")
+
+    import csv
+
+    real_writer = csv.writer
+
+    class Broken:
+        def __init__(self, handle):
+            self._inner = real_writer(handle)
+            self.calls = 0
+
+        def writerow(self, row):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError("disk full")
+            return self._inner.writerow(row)
+
+    monkeypatch.setattr(csv, "writer", Broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_points_csv(path, prompts)
+    assert path.read_text() == "the previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv"]
+    monkeypatch.undo()
+    write_points_csv(path, prompts)
+    assert read_points_csv(path)[0].obj_id == 1
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_HEADERS = st.one_of(
+    st.sampled_from(
+        [
+            "index,axis-0,axis-1,axis-2",
+            "index,axis-0,axis-1",
+            "axis-0,axis-1,axis-2,label,object",
+            "index,shape-type,vertex-index,axis-0,axis-1,axis-2",
+            "index,axis-0,axis-0,axis-1",
+            "axis-0,axis-1,axis-2,axis-3",
+            "",
+        ]
+    ),  # fmt: skip
+    st.lists(
+        st.sampled_from(
+            [
+                "index",
+                "axis-0",
+                "axis-1",
+                "axis-2",
+                "label",
+                "object",
+                "shape-type",
+                "vertex-index",
+                "axis-x",
+                "é",
+            ]
+        ),
+        max_size=6,
+    ).map(",".join),  # fmt: skip
+)
+_CELLS = st.one_of(
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "2.0",
+            "1.5",
+            "-1",
+            "nan",
+            "inf",
+            "1e400",
+            "true",
+            "no",
+            "rectangle",
+            "ellipse",
+            "",
+            " 3 ",
+            '"',
+            "4294967296",
+        ]
+    ),  # fmt: skip
+    st.text(max_size=4),
+    st.integers(-5, 70).map(str),
+    st.floats(-10, 80).map(repr),
+)
+_NUMERIC = st.one_of(st.integers(0, 5).map(str), st.floats(0, 60).map(repr))
+_ROWS = st.one_of(
+    st.lists(st.lists(_CELLS, max_size=7).map(",".join), max_size=6),
+    # rows shaped like napari's (four numbers), so many files get past the first checks
+    st.lists(st.lists(_NUMERIC, min_size=4, max_size=4).map(",".join), min_size=1, max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(header=_HEADERS, rows=_ROWS, encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
+       axis=st.integers(-4, 3))  # fmt: skip
+def test_fuzz_csv_contents_are_read_or_refused_naming_the_file(
+    tmp_path_factory, header, rows, encoding, axis
+):
+    """Any CSV text, in any encoding: prompts with finite coordinates, integer frames and ids
+    and 0/1 labels, or a ValueError that names the file. Nothing else."""
+    path = tmp_path_factory.mktemp("csv") / "fuzz.csv"
+    text = "\n".join([header, *rows]) + "\n"
+    try:
+        path.write_bytes(text.encode(encoding))
+    except UnicodeEncodeError:
+        path.write_bytes(text.encode("utf-8"))
+    try:
+        prompts = read_prompts_csv(path, axis=axis)
+    except ValueError as err:
+        assert str(path) in str(err) or "axis=" in str(err)
+        event("refused")
+        return
+    event(f"read {len(prompts)} prompt(s)")
+    for prompt in prompts:
+        assert isinstance(prompt.frame, int) and isinstance(prompt.obj_id, int)
+        assert prompt.obj_id >= 1
+        assert np.isfinite(prompt.points).all() and set(prompt.labels.tolist()) <= {0, 1}
+        if prompt.box is not None:
+            assert np.isfinite(prompt.box).all()
+            assert prompt.box[0] <= prompt.box[2] and prompt.box[1] <= prompt.box[3]

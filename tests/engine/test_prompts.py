@@ -150,3 +150,132 @@ def test_object_id_checks():
     for bad in (0, -2, 1.5, True, "1"):
         with pytest.raises(ValueError, match="object id must be a positive integer"):
             validate_object_id(bad)
+
+
+# ---------------------------------------------------------------------------- masks and ids
+
+
+def test_a_float_mask_is_thresholded_at_one_half():
+    soft = np.full(FRAME, 0.3)
+    soft[10:40, 20:60] = 0.7
+    prompt = validate_prompt(FRAME, SIZE, mask=soft)
+    assert prompt.mask.shape == (1, 1, SIZE, SIZE)
+    mask = prompt.mask[0, 0].numpy()
+    assert 0 < mask.mean() < 0.2  # only the 0.7 block is foreground; 0.3 is background
+    assert not validate_prompt(FRAME, SIZE, mask=np.full(FRAME, 0.3)).mask.any()
+    assert validate_prompt(FRAME, SIZE, mask=np.full(FRAME, 0.5)).mask.all()
+    with pytest.raises(ValueError, match="NaN"):
+        validate_prompt(FRAME, SIZE, mask=np.full(FRAME, np.nan))
+    labels = np.zeros(FRAME, dtype=np.int32)
+    labels[:, :100] = 3  # integer masks: non-zero is foreground
+    assert 0.4 < validate_prompt(FRAME, SIZE, mask=labels).mask.float().mean() < 0.6
+
+
+def test_object_ids_are_checked_against_the_label_dtype():
+    assert validate_object_id(65535, np.uint16) == 65535
+    with pytest.raises(ValueError, match="does not fit the uint16 label image"):
+        validate_object_id(65536, np.uint16)
+    with pytest.raises(ValueError, match="uint32"):
+        validate_object_id(2**32, np.uint32)
+    for bad in (1.0, 1.5, True, np.float32(3), "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            validate_object_id(bad)
+    for bad in (1.0, 0.5, True, np.float64(1)):
+        with pytest.raises(ValueError, match="integer"):
+            validate_frame_index(bad, 5)
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, -0.5, 199.49, 199.5, 99.5, 1e308, -1e308, 3.4e38]),
+)
+_POINT_TABLES = st.one_of(
+    st.lists(st.tuples(st.floats(-1, 201), st.floats(-1, 101)), min_size=1, max_size=2),
+    st.lists(st.lists(_NUMBERS, min_size=0, max_size=3), max_size=4),
+    st.lists(_NUMBERS, max_size=4),
+    st.none(),
+    st.text(max_size=3),
+)
+_LABELS = st.one_of(
+    st.lists(st.sampled_from([0, 1]), min_size=1, max_size=2),
+    st.none(),
+    st.lists(
+        st.one_of(st.integers(-2, 3), st.floats(), st.booleans(), st.text(max_size=1)), max_size=4
+    ),  # fmt: skip
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    points=_POINT_TABLES,
+    labels=_LABELS,
+    box=st.one_of(st.none(), st.lists(_NUMBERS, max_size=5)),
+    frame=st.one_of(st.integers(0, 4), st.integers(-3, 8), st.floats(), st.booleans(), st.none()),
+    obj_id=st.one_of(
+        st.integers(1, 9), st.integers(-3, 2**33), st.floats(), st.booleans(), st.text(max_size=2)
+    ),
+)
+def test_fuzz_prompts_are_encoded_or_refused(points, labels, box, frame, obj_id):
+    """Any points, labels, box, frame and id: each either checked (a frame in range, an id
+    that fits uint16, coordinates finite and near the model's square, labels in {0, 1, 2, 3}),
+    or a ValueError with a message."""
+    outcomes = []
+    try:
+        checked = validate_frame_index(frame, 5)
+        assert isinstance(checked, int) and 0 <= checked < 5 and checked == frame
+        outcomes.append("frame ok")
+    except ValueError as err:
+        assert str(err)
+    try:
+        checked = validate_object_id(obj_id, np.uint16)
+        assert isinstance(checked, int) and 1 <= checked <= 65535 and checked == obj_id
+        outcomes.append("id ok")
+    except ValueError as err:
+        assert str(err)
+    try:
+        prompt = validate_prompt(FRAME, SIZE, points=points, labels=labels, box=box)
+    except ValueError as err:
+        assert str(err)
+    else:
+        outcomes.append("prompt encoded")
+        coords = prompt.coords.numpy()
+        assert np.isfinite(coords).all()
+        assert coords.min() >= -SIZE and coords.max() <= 2 * SIZE
+        assert set(np.unique(prompt.labels.numpy())) <= {0, 1, 2, 3}
+        assert coords.shape[1] == prompt.labels.shape[1] >= 1
+    for outcome in outcomes or ["all refused"]:
+        event(outcome)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(
+        st.sampled_from(["bool", "uint8", "int64", "float32", "float64"]).flatmap(
+            lambda dtype: st.builds(
+                lambda fill: np.full(FRAME, fill).astype(dtype), st.floats(-2, 2)
+            )
+        ),
+        st.builds(np.zeros, st.sampled_from([(100, 201), (2, 100, 200), (0,)])),
+        st.just(np.full(FRAME, np.nan)),
+        st.just(np.full(FRAME, "x")),
+    )
+)
+def test_fuzz_masks_follow_the_documented_threshold(mask):
+    try:
+        prompt = validate_prompt(FRAME, SIZE, mask=mask)
+    except ValueError as err:
+        assert str(err)
+        event("refused")
+        return
+    event("encoded")
+    values = np.unique(prompt.mask.numpy())
+    assert set(values) <= {0.0, 1.0}
+    fill = np.asarray(mask).flat[0]
+    expected = fill >= 0.5 if np.asarray(mask).dtype.kind == "f" else bool(fill)
+    assert bool(prompt.mask.all()) == bool(expected)
