@@ -108,3 +108,67 @@ def test_tracker_refuses_before_yielding_anything(model, monkeypatch):
     with pytest.raises(InsufficientMemory):
         tracker.propagate(0, max_frames=3)
     assert [frame for frame, _ in tracker.propagate(0, max_frames=2)] == [0, 1]
+
+
+# ---------------------------------------------------------------------------- whole runs
+
+from napari_sam2.engine.memory_estimate import (  # noqa: E402
+    RunEstimate,
+    check_run_fits,
+    estimate_run_bytes,
+)
+
+
+def test_a_run_estimate_counts_state_labels_and_the_write_buffer():
+    estimate = estimate_run_bytes(
+        image_size=256, num_objects=3, num_frames=100, frame_shape=(512, 600), label_itemsize=2
+    )
+    assert isinstance(estimate, RunEstimate)
+    assert estimate.state == estimate_propagation_bytes(256, 3, 100)
+    assert estimate.labels == 100 * 512 * 600 * 2
+    assert estimate.write_buffer == 2 * 512 * 600 * 2
+    assert estimate.frame_work > 512 * 600 * 8  # the frame in float64, at least
+    assert estimate.total == (
+        estimate.state + estimate.labels + estimate.write_buffer + estimate.frame_work
+    )
+    wider = estimate_run_bytes(
+        image_size=256, num_objects=3, num_frames=100, frame_shape=(512, 600), label_itemsize=4
+    )
+    assert wider.labels == 2 * estimate.labels
+
+
+def test_labels_alone_can_make_a_run_not_fit():
+    # tiny state (a small input size) but 2000 frames of 2048 x 2048 uint32 labels: 32 GiB
+    estimate = estimate_run_bytes(
+        image_size=256, num_objects=1, num_frames=2000, frame_shape=(2048, 2048)
+    )
+    assert estimate.state < 2**30 and estimate.labels == 2000 * 2048 * 2048 * 4
+    with pytest.raises(InsufficientMemory) as info:
+        check_run_fits(estimate, available=16 * 2**30)
+    message = str(info.value)
+    assert "output labels (2000 x 2048 x 2048)" in message
+    assert "--axis" in message and "fewer objects" in message and "--image-size" in message
+    frames_fit = int(message.split("about ")[-1].split()[0].replace(",", ""))
+    assert 0 < frames_fit < 2000
+    fitting = estimate_run_bytes(
+        image_size=256, num_objects=1, num_frames=frames_fit, frame_shape=(2048, 2048)
+    )
+    assert check_run_fits(fitting, available=16 * 2**30) is fitting
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"num_frames": 1.5}, {"num_objects": -1}, {"image_size": True}, {"label_itemsize": "4"}],
+)
+def test_run_estimate_arguments_are_integers(bad):
+    kwargs = {"image_size": 256, "num_objects": 1, "num_frames": 3, "frame_shape": (8, 8)}
+    with pytest.raises(ValueError, match="integer"):
+        estimate_run_bytes(**{**kwargs, **bad})
+
+
+def test_extra_bytes_join_the_tracker_check():
+    tracker = _fake_tracker(1, image_size=256)
+    state = estimate_propagation_bytes(256, 1, 10)
+    assert check_propagation_fits(tracker, 10, available=2**40, extra_bytes=5) == state + 5
+    with pytest.raises(InsufficientMemory):
+        check_propagation_fits(tracker, 10, available=state * 2, extra_bytes=state * 4)
