@@ -24,6 +24,10 @@ OBJECT_SCORE_BIAS = 4.0
 #: Disc centres as (row, column) fractions of the frame; one click per object on the first frame.
 DISC_CENTRES = ((0.5, 0.3), (0.3, 0.6), (0.72, 0.55))
 DISC_RADIUS = 0.08
+#: More objects than discs (up to 13): further clicks on the textured background, as (row,
+#: column) fractions, away from the discs' paths.
+EXTRA_CLICKS = tuple((r, c) for r in (0.1, 0.9) for c in (0.1, 0.3, 0.5, 0.7, 0.9))
+MAX_OBJECTS = len(DISC_CENTRES) + len(EXTRA_CLICKS)
 DRIFT_PIXELS = 2  # per frame, bouncing so that any number of frames stays inside
 
 
@@ -60,10 +64,14 @@ class SyntheticStack:
         return [(int(r * height), int(c * width) + shift) for r, c in DISC_CENTRES]
 
     def clicks(self, num_objects: int) -> list[np.ndarray]:
-        """One (1, 2) point per object at its disc centre on frame 0, as (x, y)."""
-        return [np.array([[col, row]], dtype=np.float32) for row, col in self.centres(0)][
-            :num_objects
-        ]
+        """One (1, 2) point per object on frame 0, as (x, y): the disc centres first, then
+        points on the background (at most :data:`MAX_OBJECTS`)."""
+        if not 1 <= num_objects <= MAX_OBJECTS:
+            raise ValueError(f"num_objects must be 1..{MAX_OBJECTS}, got {num_objects}")
+        _, height, width = self.shape
+        extra = [(int(r * height), int(c * width)) for r, c in EXTRA_CLICKS]
+        points = [*self.centres(0), *extra][:num_objects]
+        return [np.array([[col, row]], dtype=np.float32) for row, col in points]
 
     def frame(self, index: int) -> np.ndarray:
         if not 0 <= index < self.shape[0]:

@@ -27,9 +27,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from _harness import (
+    MAX_OBJECTS,
     SyntheticStack,
     build_pair,
     cpu_model,
@@ -51,8 +53,20 @@ def parse_args(argv=None):
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--objects", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--objects", type=int, default=1, help=f"1..{MAX_OBJECTS}")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="our tracker's precision (default: float32 on the CPU, as the earlier figures; "
+        "auto, i.e. bfloat16, on CUDA); the oracle runs float32 on the CPU and bfloat16 "
+        "autocast on CUDA either way",
+    )
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory subprocesses, no timing"
+    )
     parser.add_argument(
         "--no-batch",
         action="store_true",
@@ -64,6 +78,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--memory-side", choices=("ours", "oracle"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.precision is None:
+        args.precision = "auto" if args.device == "cuda" else "float32"
+    if not 1 <= args.objects <= MAX_OBJECTS:
+        parser.error(f"--objects must be 1..{MAX_OBJECTS}")
+    if args.memory_only and args.no_memory:
+        parser.error("--memory-only and --no-memory exclude each other")
     if args.frames < SKIPPED_FRAMES + 1:
         parser.error(f"--frames must be at least {SKIPPED_FRAMES + 1}")
     return args
@@ -90,7 +110,11 @@ class Bench:
         from napari_sam2.engine.tracker import Tracker
 
         tracker = Tracker(
-            self.ours_model, self.stack, device=self.device, batch_objects=not self.args.no_batch
+            self.ours_model,
+            self.stack,
+            device=self.device,
+            batch_objects=not self.args.no_batch,
+            precision=self.args.precision,
         )
         for obj_id, click in enumerate(self.clicks, start=1):
             tracker.set_prompts(0, obj_id, points=click, labels=[1])
@@ -154,7 +178,8 @@ class SubmoduleClock:
 
 def time_interleaved(bench: Bench):
     """Per-frame seconds of each side, per-frame seconds by submodule (with ``--breakdown``),
-    and the largest logit difference between the two sides."""
+    and how the two sides' outputs compare: the largest logit difference, the smallest mask IoU
+    and the share of the frame the oracle's masks cover (to show that they are real)."""
     device = bench.device
     clocks = {}
     if bench.args.breakdown:
@@ -168,7 +193,7 @@ def time_interleaved(bench: Bench):
     sides = {"ours": ours, "oracle": oracle}
     times = {"ours": [], "oracle": []}
     outputs = {}
-    worst = 0.0
+    worst = {"logit": 0.0, "iou": 1.0, "fractions": []}
     for step in range(bench.args.frames):
         order = ("ours", "oracle") if step % 2 == 0 else ("oracle", "ours")
         for name in order:
@@ -186,7 +211,13 @@ def time_interleaved(bench: Bench):
         (frame_a, ours_out), (frame_b, ref_out) = outputs["ours"], outputs["oracle"]
         assert frame_a == frame_b, f"frame order differs: {frame_a} != {frame_b}"
         for obj_id, ref in ref_out.items():
-            worst = max(worst, float((torch.as_tensor(ours_out[obj_id]) - ref).abs().max()))
+            got = torch.as_tensor(ours_out[obj_id])
+            worst["logit"] = max(worst["logit"], float((got - ref).abs().max()))
+            union = float(((got > 0) | (ref > 0)).sum())
+            if union:
+                iou = float(((got > 0) & (ref > 0)).sum()) / union
+                worst["iou"] = min(worst["iou"], iou)
+            worst["fractions"].append(float((ref > 0).float().mean()))
     return times, parts, worst
 
 
@@ -237,6 +268,13 @@ def memory_in_subprocesses(argv) -> dict:
     return results
 
 
+def bench_precision(args) -> str:
+    """The precision our side runs in, as the tracker resolves ``--precision`` here."""
+    from napari_sam2.engine.precision import precision_name, resolve_precision
+
+    return precision_name(resolve_precision(args.precision, args.device))
+
+
 def report_breakdown(parts):
     """Median per-frame milliseconds of each submodule, side by side."""
     skip = SKIPPED_FRAMES
@@ -251,28 +289,73 @@ def report_breakdown(parts):
         print(f"  {key:24s} {cells[0]:9.1f} {cells[1]:9.1f}")
 
 
+def device_name(args) -> str:
+    if args.device == "cuda":
+        return torch.cuda.get_device_name()
+    return cpu_model()
+
+
+def summarise(args, times, worst, memory) -> dict:
+    """The figures of a run, as written by ``--json``."""
+    figures = {
+        "preset": args.preset,
+        "image_size": args.image_size,
+        "frames": args.frames,
+        "objects": args.objects,
+        "device": args.device,
+        "device_name": device_name(args),
+        "precision": bench_precision(args),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if times is not None:
+        skip = SKIPPED_FRAMES
+        medians = {name: statistics.median(t[skip:]) for name, t in times.items()}
+        pairs = zip(times["ours"][skip:], times["oracle"][skip:])
+        figures.update(
+            {
+                "ours_ms": 1e3 * medians["ours"],
+                "oracle_ms": 1e3 * medians["oracle"],
+                "ours_fps": 1 / medians["ours"],
+                "oracle_fps": 1 / medians["oracle"],
+                "ratio_of_medians": medians["ours"] / medians["oracle"],
+                "median_of_ratios": statistics.median(a / b for a, b in pairs),
+                "largest_logit_difference": worst["logit"],
+                "smallest_mask_iou": worst["iou"],
+            }
+        )
+    if memory:
+        figures["memory_mib"] = memory
+    return figures
+
+
 def report(args, times, parts, worst, memory):
-    skip = SKIPPED_FRAMES
-    medians = {name: statistics.median(t[skip:]) for name, t in times.items()}
+    figures = summarise(args, times, worst, memory)
     unit = "peak RSS increase" if args.device == "cpu" else "peak CUDA memory allocated increase"
     print(
         f"{args.preset} @ {args.image_size}, {args.frames} frames {args.height}x{args.width} "
-        f"uint16, {args.objects} object(s), device {args.device}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {cpu_model()}"
+        f"uint16, {args.objects} object(s), device {args.device}, ours in "
+        f"{figures['precision']}, {figures['threads']} threads, torch {torch.__version__}, "
+        f"{figures['device_name']}"
     )
-    print(f"per-frame time over frames {skip}..{args.frames - 1} (ms):")
-    print(f"  {'side':8s} {'median':>9s} {'min':>9s} {'max':>9s}")
-    for name, series in times.items():
-        kept = series[skip:]
+    if times is not None:
+        skip = SKIPPED_FRAMES
+        print(f"per-frame time over frames {skip}..{args.frames - 1} (ms):")
+        print(f"  {'side':8s} {'median':>9s} {'min':>9s} {'max':>9s}")
+        for name, series in times.items():
+            kept = series[skip:]
+            median = figures[f"{name}_ms"]
+            print(f"  {name:8s} {median:9.1f} {1e3 * min(kept):9.1f} {1e3 * max(kept):9.1f}")
         print(
-            f"  {name:8s} {1e3 * medians[name]:9.1f} {1e3 * min(kept):9.1f} {1e3 * max(kept):9.1f}"
+            f"ratio ours/oracle: {figures['ratio_of_medians']:.3f} of the medians, "
+            f"{figures['median_of_ratios']:.3f} median of per-frame ratios"
         )
-    paired = statistics.median(a / b for a, b in zip(times["ours"][skip:], times["oracle"][skip:]))
-    print(
-        f"ratio ours/oracle: {medians['ours'] / medians['oracle']:.3f} of the medians, "
-        f"{paired:.3f} median of per-frame ratios"
-    )
-    print(f"largest logit difference ours vs oracle: {worst:.3g}")
+        fractions = worst["fractions"]
+        print(
+            f"largest logit difference ours vs oracle: {worst['logit']:.3g}; smallest mask IoU "
+            f"{worst['iou']:.4f}; oracle's masks cover {min(fractions):.3f}.."
+            f"{max(fractions):.3f} of the frame"
+        )
     if parts:
         report_breakdown(parts)
     if memory:
@@ -280,6 +363,11 @@ def report(args, times, parts, worst, memory):
         print(f"  {'side':8s} {'session+prompt':>15s} {'propagate':>10s}")
         for name, values in memory.items():
             print(f"  {name:8s} {values['session_mib']:15.1f} {values['propagate_mib']:10.1f}")
+    if args.json:
+        target = Path(args.json)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(json.dumps(figures, indent=1))
+        temporary.replace(target)
 
 
 def main(argv=None):
@@ -287,13 +375,15 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = Bench(args)
-    if args.memory_side:
-        print(json.dumps(measure_memory_side(bench, args.memory_side)))
-        return
-    times, parts, worst = time_interleaved(bench)
-    del bench
-    gc.collect()
+    times = parts = worst = None
+    if args.memory_side or not args.memory_only:
+        bench = Bench(args)
+        if args.memory_side:
+            print(json.dumps(measure_memory_side(bench, args.memory_side)))
+            return
+        times, parts, worst = time_interleaved(bench)
+        del bench
+        gc.collect()
     memory = None if args.no_memory else memory_in_subprocesses(argv)
     report(args, times, parts, worst, memory)
 
