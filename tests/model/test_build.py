@@ -177,3 +177,25 @@ def test_model_import_loads_no_gui():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_model_layer_imports_nothing_from_the_engine():
+    import ast
+    from pathlib import Path
+
+    import napari_sam2.model as model_package
+
+    offenders = []
+    for path in Path(model_package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                if "engine" in target or target.startswith(".."):
+                    offenders.append(f"{path.name}: from {target} import ...")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.name}: {a.name}" for a in node.names if "engine" in a.name]
+    assert offenders == []
+    from napari_sam2.engine import device
+    from napari_sam2.model import devices
+
+    assert device.resolve_device is devices.resolve_device  # one implementation

@@ -9,6 +9,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import SAM2Config, get_config
+from .devices import resolve_device
 from .sam2 import SAM2
 
 
@@ -43,6 +44,4 @@ def build_sam2(
 
             checkpoint = fetch_checkpoint(config.name)
         load_checkpoint(model, checkpoint, config)
-    from ..engine.device import resolve_device
-
     return model.to(resolve_device(device)).eval()
