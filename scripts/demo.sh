@@ -13,4 +13,12 @@ pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip setuptools wheel
 "${pip[@]}" "$TORCH_SPEC"
 "${pip[@]}" -e ".[napari]" pyqt5
+if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ] && [ "$(uname)" != "Darwin" ]; then
+  echo "napari-sam2 is installed in $VENV, but there is no display to open napari on" >&2
+  echo "(neither DISPLAY nor WAYLAND_DISPLAY is set: a server or SSH session without X)." >&2
+  echo "Run this from a desktop session, use 'ssh -X', or start a virtual display:" >&2
+  echo "  xvfb-run -a bash scripts/demo.sh" >&2
+  echo "The headless command line works without a display: $VENV/bin/napari-sam2 --help" >&2
+  exit 1
+fi
 exec "$VENV/bin/napari-sam2" demo "$@"

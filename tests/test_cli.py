@@ -707,3 +707,27 @@ def test_bad_input_coverage_figure():
     names = [case[0] for case in BAD_INPUTS]
     assert len(set(names)) == len(names) >= 60
     print(f"\nCLI bad inputs tried: {len(names)}; each must exit 2 with one clear line")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the display check is for X11/Wayland")
+def test_demo_script_without_a_display_says_so(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text("#!/bin/sh\nexit 0\n")  # stands in for the venv's pip installs
+    napari = venv / "bin" / "napari-sam2"
+    napari.write_text(f"#!/bin/sh\ntouch {tmp_path / 'STARTED'}\n")
+    for path in (stub, napari):
+        path.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "demo.sh")],
+        env={**env, "VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "no display" in done.stderr and "xvfb-run" in done.stderr
+    assert not (tmp_path / "STARTED").exists()
