@@ -2,7 +2,7 @@
 # Every CUDA check of issue 11 in one call (under 8 minutes on one H100/H200-class GPU), so it
 # can be rerun once within a 15-minute GPU lease. Writes its tables into OUT_DIR.
 #
-#   bash bench/gpu_check.sh OUT_DIR
+#   bash bench/gpu_check.sh OUT_DIR      # e.g. "$OUT" in the device tool
 #
 # Beforehand, on a machine with network: `bash bench/gpu_wheels.sh` fills .whl/ with what the
 # CUDA image lacks (our package, pooch, platformdirs, sam2==1.1.0, hydra-core, omegaconf,
@@ -26,9 +26,17 @@
 # step's limit is cut to what is left of it), QUICK=1 (fewer frames, for a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+FINAL=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+mkdir -p "$FINAL"
+FINAL=$(cd "$FINAL" && pwd)
+# Steps write into a scratch folder; OUT_DIR gets five files (the device tool brings back at
+# most eight): summary.md, tables.md, environment.txt, log.txt and raw.tar.gz with the rest.
+OUT=$(mktemp -d /tmp/gpu_check.XXXXXX)
+bundle() {
+  cp "$OUT"/summary.md "$OUT"/tables.md "$OUT"/environment.txt "$OUT"/log.txt "$FINAL"/ 2>/dev/null
+  tar -czf "$FINAL/raw.tar.gz" -C "$OUT" .
+}
+trap bundle EXIT
 PYTHON=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
 QUICK=${QUICK:-0}
