@@ -731,3 +731,28 @@ def test_demo_script_without_a_display_says_so(tmp_path):
     assert done.returncode == 1
     assert "no display" in done.stderr and "xvfb-run" in done.stderr
     assert not (tmp_path / "STARTED").exists()
+
+
+def test_an_error_mid_run_keeps_the_finished_frames_in_one_line(
+    tmp_path, stack_file, points_file, monkeypatch, capsys
+):
+    _fake_model(monkeypatch)
+    from napari_sam2.engine import tracker as tracker_module
+
+    real = tracker_module.Tracker._track_frame
+
+    def fail_on_frame_2(self, frame, backward):
+        if frame == 2:
+            raise OSError("the disk holding the stack went away")
+        return real(self, frame, backward)
+
+    monkeypatch.setattr(tracker_module.Tracker, "_track_frame", fail_on_frame_2)
+    status, _, err = run(
+        ["segment", stack_file, "--points", points_file, "--out", tmp_path / "l.tif",
+         "--direction", "forward"],
+        capsys,
+    )  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert status == 2 and err.count("error:") == 1 and "note:" not in err
+    assert "went away" in last and "l.partial.tif" in last and "frames 1" in last
+    assert (tmp_path / "l.partial.tif").exists() and not (tmp_path / "l.tif").exists()

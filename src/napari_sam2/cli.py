@@ -294,6 +294,9 @@ def _keep_finished_frames(plan: _Plan, args, labels, finished: list[int], error)
         kept = f"the finished frames could not be kept: {_one_line(write_error)}"
     if isinstance(error, KeyboardInterrupt):
         raise RunInterrupted(f"interrupted: {kept}") from None
+    if isinstance(error, _user_errors()):
+        # one line still: the error, then where the finished frames went
+        raise CommandError(f"{_one_line(error)} ({kept})") from error
     print(f"note: {kept}", file=sys.stderr)
 
 

@@ -559,7 +559,13 @@ def _stacks(draw):
     return array, axis, channel_axis, explicit
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=400,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(_stacks())
 def test_fuzz_every_stack_maps_into_unit_range_or_is_refused(case):
     """Any shape, dtype (extreme values and no-data included), axis and range: either frames in

@@ -350,7 +350,13 @@ _ROWS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(header=_HEADERS, rows=_ROWS, encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]),
        axis=st.integers(-4, 3))  # fmt: skip
 def test_fuzz_csv_contents_are_read_or_refused_naming_the_file(

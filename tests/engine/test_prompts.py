@@ -211,7 +211,13 @@ _LABELS = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=400,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     points=_POINT_TABLES,
     labels=_LABELS,
@@ -253,7 +259,13 @@ def test_fuzz_prompts_are_encoded_or_refused(points, labels, box, frame, obj_id)
         event(outcome)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     st.one_of(
         st.sampled_from(["bool", "uint8", "int64", "float32", "float64"]).flatmap(

@@ -195,7 +195,13 @@ _CONTENTS = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(content=_CONTENTS)
 def test_fuzz_checkpoint_contents(tmp_path_factory, tiny, content):
     """Any content torch can save: a state dict of string keys and tensors, or a
