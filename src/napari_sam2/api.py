@@ -25,7 +25,13 @@ import torch
 from .engine.labels import merge_logits
 from .engine.prompt_files import Prompt, group_prompts
 
-__all__ = ["Prompt", "prompts_from_arrays", "segment"]
+__all__ = [
+    "Prompt",
+    "prompts_from_arrays",
+    "segment",
+    "segment_everything",
+    "segment_everything_labels",
+]
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_frames, total_frames)``, called after every finished frame."""
@@ -261,3 +267,66 @@ def _check_frames(prompts: list[Prompt], num_frames: int, axis: int, single: boo
             f"a prompt is on frame {prompt.frame}, but the stack has {num_frames} frames along "
             f"axis {axis} (0 to {num_frames - 1})"
         )
+
+
+# ---------------------------------------------------------------------- segment everything
+
+
+def segment_everything(
+    image: Any,
+    *,
+    model: str | torch.nn.Module = "sam2.1_hiera_tiny",
+    checkpoint: str | os.PathLike[str] | None = "download",
+    image_size: int | None = None,
+    device: str | torch.device = "auto",
+    channel_axis: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    **amg_parameters: Any,
+) -> list[dict[str, Any]]:
+    """Find every object on one 2-D frame: SAM 2's automatic mask generator.
+
+    Args:
+        image: one frame: grey (H, W), RGB(A) (H, W, 3|4), or multichannel with
+            ``channel_axis``; any integer, float or bool dtype.
+        model, checkpoint, image_size, device: as for :func:`segment`.
+        channel_axis, intensity_range: as for :func:`segment`.
+        amg_parameters: the parameters of Meta's ``SAM2AutomaticMaskGenerator``, with its
+            defaults: ``points_per_side=32``, ``points_per_batch=64``, ``pred_iou_thresh=0.8``,
+            ``stability_score_thresh=0.95``, ``stability_score_offset=1.0``,
+            ``mask_threshold=0.0``, ``box_nms_thresh=0.7``, ``crop_n_layers=0``,
+            ``crop_nms_thresh=0.7``, ``crop_overlap_ratio=512/1500``,
+            ``crop_n_points_downscale_factor=1``, ``point_grids=None``,
+            ``min_mask_region_area=0``, ``use_m2m=False``, ``multimask_output=True``
+            (see :class:`napari_sam2.engine.automatic.AutomaticMaskSettings`).
+
+    Returns:
+        one dict per mask, as Meta's generator returns them: ``segmentation`` bool (H, W),
+        ``area`` (pixels), ``bbox`` [x, y, w, h], ``predicted_iou``, ``stability_score``,
+        ``point_coords`` [[x, y]] and ``crop_box`` [x, y, w, h].
+
+    Raises:
+        ValueError: an unknown or bad parameter (the message lists the valid ones), an image
+            that is not one non-empty 2-D frame.
+    """
+    from .engine.automatic import AutomaticMaskGenerator, AutomaticMaskSettings, single_frame
+
+    settings = AutomaticMaskSettings.from_options(**amg_parameters)
+    source = single_frame(image, channel_axis=channel_axis, intensity_range=intensity_range)
+    network = _network(model, checkpoint, image_size, device)
+    run_on = None if not isinstance(model, str) and _is_auto(device) else device
+    return AutomaticMaskGenerator(network, settings, device=run_on).generate(source)
+
+
+def segment_everything_labels(image: Any, **options: Any) -> np.ndarray:
+    """:func:`segment_everything` as one uint32 label image (H, W): smaller masks win where
+    masks overlap, and ids run 1..N over the masks that keep at least one pixel, in the order
+    of the records. Takes the same arguments."""
+    from .engine.automatic import labels_from_records, single_frame
+
+    records = segment_everything(image, **options)
+    shape = single_frame(
+        image,
+        channel_axis=options.get("channel_axis"),
+        intensity_range=options.get("intensity_range"),
+    ).frame_shape
+    return labels_from_records(records, shape)
