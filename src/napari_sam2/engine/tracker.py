@@ -108,8 +108,8 @@ class Tracker:
         self._dtype = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             # Convolution weights in channels-last layout (the values stay the same): measured
-            # on the CPU, sam2.1 tiny at 512, 13 % less time per frame in float32 and 23 % in
-            # bfloat16 (docs/benchmarks.md). The model is changed in place, as by .to(device).
+            # on the CPU, sam2.1 tiny at 512, 9-13 % less time per frame in float32 and 23-26 %
+            # in bfloat16 (docs/benchmarks.md). The model is changed in place, as by .to(device).
             self.model = self.model.to(memory_format=torch.channels_last)
         self.storage_device = torch.device(storage_device)
         self.frames = FrameSource(
