@@ -4,8 +4,10 @@ Names accepted everywhere (GUI menu, CLI, Python API): ``"auto"``, ``"cpu"``, ``
 ``"cuda:N"`` and ``"mps"``, or a ``torch.device``. ``"auto"`` prefers CUDA, then MPS, then the
 CPU, so the same call runs on a workstation GPU, a Mac and a laptop.
 
-Precision: on CUDA the network runs under bfloat16 autocast (float16 where the GPU lacks bf16);
-everywhere else it runs in float32, which is also what the parity tests check.
+Precision: :func:`autocast_dtype` and :func:`autocast_context` give the device's default half
+precision (bfloat16 on CUDA, float16 where the GPU lacks bf16, float32 elsewhere). The Tracker,
+the API, the CLI and the dock use the ``precision`` option of :mod:`.precision` instead, whose
+"auto" also picks bfloat16 on CPUs with native bfloat16.
 """
 
 from __future__ import annotations
