@@ -262,3 +262,25 @@ def test_safe_zarr_still_reads(tmp_path):
     array = zarr.open_array(str(tmp_path / "ok.zarr"), mode="w", shape=(2, 8, 8), dtype="uint16")
     array[:] = 5
     assert read_stack(tmp_path / "ok.zarr")[1, 3, 3] == 5
+
+
+def test_no_permission_is_reported_before_work(tmp_path, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(
+        io.os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+        real_access(path, mode)
+    )  # fmt: skip
+    with pytest.raises(OutputPathError, match="no permission to write in the folder"):
+        check_output_path(tmp_path / "l.tif")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = write_labels(tmp_path / "l.tif", np.zeros((4, 4), np.uint16))
+        with atomic_write(tmp_path / "out.zarr", folder=True) as temp:
+            (temp / "x").write_text("y")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    assert (tmp_path / "out.zarr").stat().st_mode & 0o777 == 0o755

@@ -24,7 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,12 +89,7 @@ def atomic_write(path: str | os.PathLike[str], *, folder: bool = False) -> Itera
     final = Path(path)
     parent = final.parent
     suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".ome.zarr") else final.suffix
-    if folder:
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=suffix, dir=parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=suffix, dir=parent)
-        os.close(handle)
-        temp = Path(name)
+    temp = _new_temp(parent, suffix, folder)
     try:
         yield temp
         if not folder:
@@ -103,6 +98,22 @@ def atomic_write(path: str | os.PathLike[str], *, folder: bool = False) -> Itera
     except BaseException:
         _remove(temp)
         raise
+
+
+def _new_temp(parent: Path, suffix: str, folder: bool) -> Path:
+    """A new, empty file or folder in ``parent`` with the user's usual permissions (mkstemp
+    would make it private, 0600, and the result unreadable for colleagues)."""
+    for _ in range(100):
+        temp = parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            if folder:
+                os.mkdir(temp, 0o777)  # the umask applies, as for any new folder
+            else:
+                os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return temp
+    raise FileExistsError(f"could not create a temporary file in {parent}")
 
 
 def _fsync(path: Path) -> None:
