@@ -284,3 +284,26 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
     assert (tmp_path / "out.zarr").stat().st_mode & 0o777 == 0o755
+
+
+def test_compressed_tiff_is_read_lazily_or_checked_before_reading(tmp_path, monkeypatch):
+    stack = (np.arange(3 * 40 * 50) % 3000).reshape(3, 40, 50).astype(np.uint16)
+    path = tmp_path / "packed.tif"
+    tifffile.imwrite(path, stack, compression="zlib")
+    lazy = read_stack(path)
+    assert not isinstance(lazy, np.ndarray)  # frames are decoded on demand
+    np.testing.assert_array_equal(np.asarray(lazy[2]), stack[2])
+
+    import importlib.util
+
+    from napari_sam2.engine import memory_estimate
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "zarr" else
+        real_find_spec(name, *a)
+    )  # fmt: skip
+    np.testing.assert_array_equal(read_stack(path), stack)  # without zarr: read whole
+    monkeypatch.setattr(memory_estimate, "available_host_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match="cannot be memory-mapped"):
+        read_stack(path)

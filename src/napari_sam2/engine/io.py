@@ -360,6 +360,30 @@ def _read_tiff(path: Path) -> Any:
         return tifffile.memmap(path, mode="r")
     except Exception:  # noqa: S110 - compressed, tiled or not contiguous: read it below
         pass
+    if importlib.util.find_spec("zarr") is not None:
+        # compressed or tiled: decode frame by frame through tifffile's zarr view
+        try:
+            import zarr
+
+            node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+            return _pick_zarr_array(node, path)
+        except Exception:  # noqa: S110 - not every TIFF has a zarr view: read it whole below
+            pass
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            needed = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+    except Exception as err:  # tifffile raises many types for broken files
+        raise InputFileError(f"cannot read TIFF {path}: {_short(err)}") from err
+    from .memory_estimate import USABLE_SHARE, InsufficientMemory, available_host_bytes
+
+    free = available_host_bytes()
+    if free is not None and needed > USABLE_SHARE * free:
+        raise InsufficientMemory(
+            f"{path} cannot be memory-mapped (it is compressed or tiled) and reading it whole "
+            f"needs {needed / 2**20:,.0f} MiB, but only {free / 2**20:,.0f} MiB is free; install "
+            "zarr (pip install zarr) to read it frame by frame, or save it uncompressed"
+        )
     try:
         return tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for broken files
