@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(title="napari-sam2 demo", show=True)
     viewer.window._qt_window.resize(1400, 900)
     viewer, widget = open_demo(viewer)
-    controller = widget.controller
+    annotator = widget.annotator
     if args.checkpoint:
         model = build_sam2("sam2.1_hiera_tiny", checkpoint=args.checkpoint)
         name = "sam2.1_hiera_tiny"
@@ -47,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         model = build_sam2("sam2.1_hiera_tiny", image_size=256)
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
         name = "sam2.1_hiera_tiny (random weights)"
-    controller.set_model(model, name)
+    annotator.set_model(model, name)
 
-    image = controller.image_layer
+    image = annotator.state.image
     viewer.dims.set_current_step(0, args.slice)
     # Click on the brightest pixel of the slice: the middle of a cell.
     frame = image.data[args.slice]
     row, col = divmod(int(frame.argmax()), frame.shape[1])
-    controller.add_point(image.data_to_world([args.slice, row, col]))
+    annotator.add_point(image.data_to_world([args.slice, row, col]))
     app = QApplication.instance()
-    while controller.busy:
+    while annotator.state.busy:
         app.processEvents()
     viewer.reset_view()
     for _ in range(20):

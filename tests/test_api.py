@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_sam2.api import Prompt, prompts_from_arrays, segment
+from napari_sam2.engine.session import plan_propagation
 from napari_sam2.model import build_sam2
 
 CENTRE = (30, 34)  # (row, col) of the bright disc
@@ -123,20 +124,20 @@ class FakeTracker:
         logits[2 * obj_id : 2 * obj_id + 2, 2 * obj_id : 2 * obj_id + 2] = 10.0
         return logits
 
-    def set_prompts(self, frame, obj_id, points=None, labels=None, box=None):
+    def set_prompts(self, frame, obj_id, points=None, labels=None, box=None, mask=None):
+        assert mask is None
         self.calls.append(("set", frame, obj_id, points, labels, box))
         self.ids = sorted({c[2] for c in self.calls if c[0] == "set"})
 
     def frame_logits(self, frame):
         return {i: self._logits(i) for i in self.ids}
 
-    def propagate(self, start, direction):
+    def plan(self, start, direction, max_frames=None):
+        return plan_propagation(self.num_frames, start, direction, max_frames)
+
+    def propagate(self, start, direction, max_frames=None):
         self.calls.append(("propagate", start, direction))
-        forward = list(range(start, self.num_frames))
-        backward = list(range(start - 1, -1, -1)) if direction == "both" else []
-        if direction == "backward":
-            forward, backward = [], list(range(start, -1, -1))
-        for frame in forward + backward:
+        for frame in self.plan(start, direction, max_frames).frames:
             yield frame, self.frame_logits(frame)
 
 

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine.labels import merge_logits
-from .engine.prompt_files import Prompt, group_prompts
+from .engine.session import DIRECTIONS, Prompt, group_prompts, label_frame, start_frame
 
 __all__ = [
     "Prompt",
@@ -35,8 +34,6 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_frames, total_frames)``, called after every finished frame."""
-
-_DIRECTIONS = ("both", "forward", "backward")
 
 
 def segment(
@@ -55,6 +52,7 @@ def segment(
     channel_axis: int | None = None,
     intensity_range: tuple[float, float] | None = None,
     direction: str = "both",
+    max_frames: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """Segment the prompted objects of an image or through a stack with SAM 2.
@@ -95,11 +93,14 @@ def segment(
             from it, covering the whole stack; "forward" covers the earliest prompted frame and
             later ones; "backward" the latest prompted frame and earlier ones. Frames not covered
             stay 0.
+        max_frames: frames visited in each direction, the start included (None: the whole
+            axis).
         progress: optional ``progress(done, total)`` called after every tracked frame.
 
     Returns:
         uint32 labels, (num_frames, H, W) for a stack and (H, W) for a single image. Each pixel
-        holds the id of the object with the highest positive logit there, 0 for background.
+        holds the id of the object with the highest positive logit there, 0 for background
+        (:data:`napari_sam2.engine.session.OVERLAP_POLICY`, the annotator's rule too).
 
     Raises:
         ValueError: missing or malformed prompts, a prompt outside the image, an unknown preset
@@ -107,8 +108,8 @@ def segment(
         MemoryError: the propagation's state would not fit in memory.
         RuntimeError: the checkpoint could not be downloaded (no network).
     """
-    if direction not in _DIRECTIONS:
-        raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if progress is not None and not callable(progress):
         raise TypeError("progress must be None or a callable progress(done, total)")
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
@@ -142,32 +143,22 @@ def segment(
     _check_frames(prompt_list, tracker.num_frames, axis, single)
 
     for prompt in prompt_list:
-        tracker.set_prompts(
-            prompt.frame,
-            prompt.obj_id,
-            points=prompt.points if len(prompt.points) else None,
-            labels=prompt.labels if len(prompt.labels) else None,
-            box=prompt.box,
-        )
+        tracker.set_prompts(prompt.frame, prompt.obj_id, **prompt.engine_kwargs())
 
     height, width = tracker.frame_shape
+    empty = np.zeros((height, width), dtype=np.uint32)
     if single:
-        result = merge_logits(tracker.frame_logits(0), shape=(height, width))
+        result = label_frame(empty, tracker.frame_logits(0))
         if progress is not None:
             progress(1, 1)
         return result
 
     result = np.zeros((tracker.num_frames, height, width), dtype=np.uint32)
-    frames = sorted({p.frame for p in prompt_list})
-    start = frames[-1] if direction == "backward" else frames[0]
-    if direction == "forward":
-        total = tracker.num_frames - start
-    elif direction == "backward":
-        total = start + 1
-    else:
-        total = tracker.num_frames
-    for done, (frame, logits) in enumerate(tracker.propagate(start, direction), start=1):
-        result[frame] = merge_logits(logits, shape=(height, width))
+    start = start_frame((p.frame for p in prompt_list), direction)
+    total = tracker.plan(start, direction, max_frames).total
+    frames = tracker.propagate(start, direction, max_frames)
+    for done, (frame, logits) in enumerate(frames, start=1):
+        result[frame] = label_frame(empty, logits)
         if progress is not None:
             progress(done, total)
     return result

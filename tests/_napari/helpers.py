@@ -32,9 +32,8 @@ def headless(model, frames, **kwargs) -> Tracker:
 
 
 def apply_masks(shadow: np.ndarray, frame: int, logits_by_id: dict) -> None:
-    """Write engine logits into a numpy labels stack the way the plugin does (protected, in
-    id order), to compare the plugin's Labels layer with the engine run alone."""
-    from napari_sam2.engine.labels import write_object
+    """Write engine logits into a numpy labels stack by the engine's one overlap policy, to
+    compare the plugin's Labels layer with the engine run alone."""
+    from napari_sam2.engine.session import label_frame
 
-    for obj_id, logits in sorted(logits_by_id.items()):
-        write_object(shadow[frame], obj_id, np.asarray(logits) > 0, protect=True)
+    shadow[frame] = label_frame(shadow[frame], logits_by_id)

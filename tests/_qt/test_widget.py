@@ -1,186 +1,321 @@
-"""The dock widget in a real napari viewer (Qt under Xvfb), with work in thread workers."""
+"""The dock in a real napari window: real Qt mouse and key events, the real thread worker.
+
+Each test follows what a user does (tests/_qt/user.py sends the events); jobs run through the
+dock's own ThreadRunner, and the tests wait with qtbot.waitUntil.
+"""
+
+from __future__ import annotations
 
 import threading
 import time
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QMessageBox
 
-from napari_sam2._napari.model_loading import CHECKPOINT_FILE_CHOICE
 from napari_sam2._qt.widget import AnnotatorWidget
-from napari_sam2.engine.tracker import Tracker
+
+from .user import User
 
 pytestmark = pytest.mark.gui
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 90_000
 
 
-@pytest.fixture
-def annotator(make_napari_viewer, model, stack):
-    viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
+class SlowStack:
+    """A lazy (dask) stack whose frames take ``delay`` seconds to read off the main thread once
+    ``slow`` is set: a long propagation, through the public frame-reading path."""
+
+    def __init__(self, data: np.ndarray, delay: float = 0.3) -> None:
+        import dask.array as da
+
+        self.delay, self.slow = delay, False
+        self.array = da.from_array(data, chunks=(1, *data.shape[1:])).map_blocks(
+            self._read, dtype=data.dtype
+        )
+
+    def _read(self, block: np.ndarray) -> np.ndarray:
+        if self.slow and threading.current_thread() is not threading.main_thread():
+            time.sleep(self.delay)
+        return block
+
+
+def dock(viewer, model=None, precision="float32"):
+    from qtpy.QtWidgets import QApplication
+
     widget = AnnotatorWidget(viewer)
     viewer.window.add_dock_widget(widget, name="SAM 2 annotator")
-    widget.controller.set_model(model)
-    return viewer, widget, widget.controller
+    for _ in range(5):  # let the dock settle and the canvas take its new size
+        QApplication.processEvents()
+        time.sleep(0.02)
+    if model is not None:
+        widget.state.precision = precision
+        widget.annotator.set_model(model)
+    return widget
 
 
-@pytest.fixture
-def slow_tracking(monkeypatch):
-    """Make each propagated frame take at least 0.3 s so a test can act mid-run."""
-    original = Tracker._track_frame
-
-    def slow(self, frame, backward):
-        time.sleep(0.3)
-        return original(self, frame, backward)
-
-    monkeypatch.setattr(Tracker, "_track_frame", slow)
+def idle(widget):
+    return not widget.state.busy
 
 
 def frames_with(labels, obj_id=1):
-    return {int(f) for f in np.flatnonzero((labels.data == obj_id).any(axis=(1, 2)))}
+    data = np.asarray(labels.data)
+    return {int(f) for f in np.flatnonzero((data == obj_id).any(axis=(1, 2)))}
 
 
-def idle(controller):
-    return not controller.busy
+def said(widget, level=None):
+    return [t for lvl, t in widget.annotator.messages if level is None or lvl == level]
 
 
-def test_plugin_menu_widget_and_sample(make_napari_viewer):
+@pytest.fixture
+def annotating(user, model, stack, qtbot):
+    """A shown viewer with the stack, the dock and the model; slice 2 in view."""
+    viewer = user.viewer
+    viewer.add_image(stack, name="cells")
+    widget = dock(viewer, model)
+    qtbot.waitUntil(lambda: widget.annotator.layers is not None, timeout=TIMEOUT_MS)
+    viewer.dims.set_current_step(0, 2)
+    return user, widget
+
+
+def first_click(user, widget, qtbot) -> None:
+    """Click object 1 on slice 2 and wait for its mask."""
+    a = widget.annotator
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(
+        lambda: idle(widget) and frames_with(a.layers.labels) == {2}, timeout=TIMEOUT_MS
+    )
+
+
+def click_data(user, layer, row, col, **kwargs):
+    user.click(user.world_of_data(layer, (row, col)), **kwargs)
+
+
+def test_plugin_menu_widget_sample_and_the_form(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sam2", "demo_stack")
-    assert viewer.layers[0].data.shape == (16, 128, 128)
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 annotator")
     assert isinstance(widget, AnnotatorWidget)
-    assert widget.image_combo.currentText() == "SAM 2 demo stack"
-    assert widget.controller.image_layer is viewer.layers["SAM 2 demo stack"]
+    image = viewer.layers["SAM 2 demo stack"]
+    assert widget.image_picker.value is image and widget.state.image is image
     names = [layer.name for layer in viewer.layers]
     assert "SAM 2 demo stack SAM 2 points" in names and "SAM 2 demo stack SAM 2 labels" in names
-    assert widget.axis_combo.count() == 2  # auto + axis 0
-    assert widget.model_combo.findText(CHECKPOINT_FILE_CHOICE) >= 0
-    assert widget.model_combo.count() == 9
+    # The tracked axis is named as napari's slider is, with its length.
+    assert [c for c in widget.tracked_axis.choices] == [None, 0]
+    combo = widget.tracked_axis.native
+    assert [combo.itemText(i) for i in range(combo.count())] == ["auto (first slider)", "-3 (16)"]
+    labels = viewer.layers["SAM 2 demo stack SAM 2 labels"]
+    r, g, b, _ = labels.get_color(1)
+    assert min(r, g) > 0.8, "object 1 must stand out on grey, not be dark brown"
+    assert labels.opacity >= 0.6
+    # A 2-D image hides the axis choices; the image picker follows the viewer's layers.
+    flat = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
+    assert flat in widget.image_picker.choices
+    widget.image_picker.value = flat
+    assert widget.state.image is flat and not widget.tracked_axis.visible
 
 
-def test_scripted_annotation_runs_off_the_main_thread(annotator, qtbot, monkeypatch):
-    viewer, widget, c = annotator
-    on_main = []
-    for name in ("prepare", "set_prompts", "_track_frame"):
-        original = getattr(Tracker, name)
+def test_click_shift_click_box_and_keys_as_a_user(annotating, qtbot):
+    user, widget = annotating
+    a = widget.annotator
+    points = a.layers.points
+    assert user.viewer.layers.selection.active is points and points.mode == "add"
+    click_data(user, points, 30, 20)
+    qtbot.waitUntil(
+        lambda: idle(widget) and frames_with(a.layers.labels) == {2}, timeout=TIMEOUT_MS
+    )
+    click_data(user, points, 10, 10, modifiers=Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: len(points.data) == 2 and idle(widget), timeout=TIMEOUT_MS)
+    assert points.features["label"].tolist() == [1, 0], "Shift+click must add a negative point"
+    assert not widget.negative.value
 
-        def spy(self, *args, _original=original, **kwargs):
-            on_main.append(threading.current_thread() is threading.main_thread())
-            return _original(self, *args, **kwargs)
+    user.key(Qt.Key_G)
+    assert widget.negative.value and not widget.state.positive, "G and the checkbox are one state"
+    click_data(user, points, 40, 40)
+    qtbot.waitUntil(lambda: len(points.data) == 3 and idle(widget), timeout=TIMEOUT_MS)
+    assert points.features["label"].tolist()[-1] == 0
+    qtbot.mouseClick(widget.negative.native, Qt.LeftButton)
+    assert widget.state.positive
 
-        monkeypatch.setattr(Tracker, name, spy)
+    # N after using a combo box in the dock: the shortcut still reaches the annotator.
+    user.choose(widget.direction.native, 1)
+    assert widget.state.direction == "forward"
+    user.type(Qt.Key_N)
+    assert a.state.object_ids == [1, 2] and a.state.current_object == 2
+    assert widget.state.direction == "forward", "N must not change the combo box"
 
-    viewer.dims.set_current_step(0, 2)
-    c.add_point([2, 30, 20])
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert frames_with(c.labels_layer) == {2}
-    qtbot.mouseClick(widget.propagate_button, 1)  # Qt.LeftButton
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert frames_with(c.labels_layer) == set(range(5))
-    assert on_main and not any(on_main), "engine work ran on the main thread"
-    c.labels_layer.undo()
-    assert frames_with(c.labels_layer) == {2}
+    # A box: drag a rectangle in the Shapes layer.
+    shapes = a.layers.shapes
+    user.viewer.layers.selection.active = shapes
+    shapes.mode = "add_rectangle"
+    user.drag(user.world_of_data(shapes, (10, 30)), user.world_of_data(shapes, (40, 60)))
+    qtbot.waitUntil(lambda: shapes.nshapes == 1 and idle(widget), timeout=TIMEOUT_MS)
+    assert shapes.features["object"].tolist() == [2]
+    assert frames_with(a.layers.labels, 2) == {2}
+    assert not [t for t in said(widget) if "outside" in t]
+
+    # Ctrl+Z with the Shapes layer active undoes the box: pixels and the box itself.
+    user.key(Qt.Key_Z, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: shapes.nshapes == 0 and idle(widget), timeout=TIMEOUT_MS)
+    assert frames_with(a.layers.labels, 2) == set()
+    user.key(Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: shapes.nshapes == 1 and idle(widget), timeout=TIMEOUT_MS)
+    assert frames_with(a.layers.labels, 2) == {2}
 
 
-def test_cancel_keeps_the_slices_already_written(annotator, qtbot, slow_tracking):
-    viewer, widget, c = annotator
+def test_shift_p_propagates_with_progress_and_undo_in_the_worker(annotating, qtbot):
+    user, widget = annotating
+    a = widget.annotator
+    first_click(user, widget, qtbot)
+    seen = []
+    widget.state.events.progress.connect(
+        lambda e: seen.append(widget.progress_text.value) if e.value is not None else None
+    )
+
+    user.key(Qt.Key_P, Qt.ShiftModifier)
+    qtbot.waitUntil(
+        lambda: idle(widget) and not widget.progress_bar.isVisible(), timeout=TIMEOUT_MS
+    )
+    assert frames_with(a.layers.labels) == set(range(5))
+    assert any("/ 5 slices" in text and "s per slice" in text for text in seen)
+    assert "Propagated 1 object(s) through 5 slice(s)" in widget.status.value
+    user.key(Qt.Key_Z, Qt.ControlModifier)  # the Points layer is active
+    qtbot.waitUntil(lambda: frames_with(a.layers.labels) == {2}, timeout=TIMEOUT_MS)
+
+
+def test_a_job_writes_where_it_started_even_if_the_user_switches(user, model, stack, qtbot):
+    viewer = user.viewer
+    slow = SlowStack(stack)
+    first = viewer.add_image(slow.array, name="slow")
+    widget = dock(viewer, model)
+    a = widget.annotator
     viewer.dims.set_current_step(0, 0)
-    c.add_point([0, 30, 20])
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    widget.direction_combo.setCurrentText("forward")
-    qtbot.mouseClick(widget.propagate_button, 1)
-    qtbot.waitUntil(lambda: len(frames_with(c.labels_layer)) >= 2, timeout=TIMEOUT_MS)
-    assert widget.cancel_button.isEnabled()
-    qtbot.mouseClick(widget.cancel_button, 1)
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    written = frames_with(c.labels_layer)
-    assert 2 <= len(written) < 5 and written == set(range(len(written)))
-    assert any("cancelled" in text for _, text in c.messages)
-    # The engine stays usable: propagating again finishes the stack.
-    c.propagate("forward", start=0)
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert frames_with(c.labels_layer) == set(range(5))
-
-
-def test_output_layer_deleted_mid_run(annotator, qtbot, slow_tracking):
-    viewer, widget, c = annotator
-    viewer.dims.set_current_step(0, 0)
-    c.add_point([0, 30, 20])
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    c.propagate("forward")
-    labels = c.labels_layer
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget) and a.layers.labels is not None, timeout=TIMEOUT_MS)
+    labels = a.layers.labels
+    slow.slow = True
+    qtbot.mouseClick(widget.propagate_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: len(frames_with(labels)) >= 2, timeout=TIMEOUT_MS)
-    viewer.layers.remove(labels)
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert any("Labels layer was deleted" in text for level, text in c.messages)
-    assert len(c.points_layer.data) == 1 and c.objects == [1]
-    c.propagate("forward", start=0)
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert c.labels_layer is not labels
-    assert frames_with(c.labels_layer) == set(range(5))
+    other = viewer.add_image(stack[:, ::-1].copy(), name="other")
+    widget.image_picker.value = other
+    viewer.dims.order = (1, 0, 2)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    assert frames_with(labels) == set(range(5)), "the job must finish in its own labels layer"
+    other_labels = viewer.layers["other SAM 2 labels"]
+    assert not np.asarray(other_labels.data).any(), "nothing may be written into the other image"
+    viewer.dims.order = (0, 1, 2)
+    widget.image_picker.value = first
+    assert viewer.layers.selection.active is a.layers.points
 
 
-def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, model, stack, qtbot,
-                                                     slow_tracking):  # fmt: skip
-    viewer = make_napari_viewer()
-    viewer.add_image(stack, name="cells")
-    widget = AnnotatorWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    c = widget.controller
-    c.set_model(model)
-    c.add_point([0, 30, 20])
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    job = c.propagate("forward", start=0)
-    qtbot.waitUntil(lambda: len(frames_with(c.labels_layer)) >= 2, timeout=TIMEOUT_MS)
-    viewer.close()
-    assert c.closed and job.finished, "the worker was still running after the viewer closed"
-    qtbot.wait(100)
+def test_cancel_keeps_the_slices_written_and_the_engine_usable(user, model, stack, qtbot):
+    viewer = user.viewer
+    slow = SlowStack(stack)
+    viewer.add_image(slow.array, name="slow")
+    widget = dock(viewer, model)
+    a = widget.annotator
+    viewer.dims.set_current_step(0, 0)
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget) and a.layers.labels is not None, timeout=TIMEOUT_MS)
+    slow.slow = True
+    user.choose(widget.direction.native, 1)  # forward
+    qtbot.mouseClick(widget.propagate_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(frames_with(a.layers.labels)) >= 2, timeout=TIMEOUT_MS)
+    assert widget.cancel_button.isEnabled()
+    qtbot.mouseClick(widget.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    written = frames_with(a.layers.labels)
+    assert 2 <= len(written) < 5 and written == set(range(len(written)))
+    assert any("cancelled" in t and "kept" in t for t in said(widget))
+    slow.slow = False
+    a.propagate("forward", start=0)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    assert frames_with(a.layers.labels) == set(range(5))
 
 
-def test_removing_the_dock_mid_run_stops_the_worker(annotator, qtbot, slow_tracking):
-    viewer, widget, c = annotator
-    c.add_point([0, 30, 20])
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    job = c.propagate("forward", start=0)
-    qtbot.waitUntil(lambda: len(frames_with(c.labels_layer)) >= 2, timeout=TIMEOUT_MS)
+def test_a_failed_load_never_locks_the_dock(annotating, qtbot, monkeypatch):
+    from napari.utils import progress
+
+    import napari_sam2.model.registry as registry
+
+    user, widget = annotating
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Could not download: no route to host")
+
+    monkeypatch.setattr(registry, "fetch_checkpoint", offline)
+    widget.model_choice.value = "sam2.1_hiera_small"
+    qtbot.mouseClick(widget.load_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    assert widget.load_button.enabled and not widget.cancel_button.isEnabled()
+    errors = said(widget, "error")
+    assert errors and "no route to host" in errors[-1] and "still in use" in errors[-1]
+    assert "Loading" not in widget.status.value
+    assert not [bar for bar in progress._all_instances if "Download" in str(bar.desc)]
+    # The queue goes on: a click still segments.
+    click_data(user, widget.annotator.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget) and frames_with(widget.annotator.layers.labels) == {2},
+                    timeout=TIMEOUT_MS)  # fmt: skip
+
+
+def test_delete_object_asks_and_undo_brings_it_back(annotating, qtbot, monkeypatch):
+    user, widget = annotating
+    a = widget.annotator
+    first_click(user, widget, qtbot)
+    asked = []
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda *args, **kw: asked.append(args) or QMessageBox.Yes
+    )
+    qtbot.mouseClick(widget.delete_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    assert asked and a.state.object_ids == [] or a.state.object_ids == [2]
+    assert frames_with(a.layers.labels) == set()
+    user.key(Qt.Key_Z, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: 1 in a.state.object_ids and idle(widget), timeout=TIMEOUT_MS)
+    assert frames_with(a.layers.labels) == {2}
+    assert widget.object_list.count() == len(a.state.object_ids)
+
+
+def test_object_names_are_editable_and_the_session_survives_reopening(annotating, qtbot):
+    user, widget = annotating
+    a = widget.annotator
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    item = widget.object_list.item(0)
+    item.setText("nucleus")
+    assert a.state.object_name(1) == "nucleus"
+    viewer = user.viewer
     viewer.window.remove_dock_widget(widget)
-    assert c.closed and job.finished
-    qtbot.wait(100)
+    again = dock(viewer)
+    assert again.annotator is not a and again.annotator.model is a.model
+    assert again.annotator.state.object_name(1) == "nucleus"
+    assert again.object_list.item(0).text() == "nucleus"
 
 
-def test_model_file_that_is_not_a_checkpoint(annotator, qtbot, tmp_path, model):
-    viewer, widget, c = annotator
-    bogus = tmp_path / "weights.pt"
-    bogus.write_bytes(b"\x00garbage" * 10)
-    widget.model_combo.setCurrentText(CHECKPOINT_FILE_CHOICE)
-    assert not widget.file_row.isHidden()
-    widget.checkpoint_edit.setText(str(bogus))
-    qtbot.mouseClick(widget.load_button, 1)
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
-    assert c.model is model
-    assert any(level == "error" and "weights.pt" in text for level, text in c.messages)
+def test_deleting_the_prompt_layer_restores_it_and_erases_nothing(annotating, qtbot):
+    user, widget = annotating
+    a = widget.annotator
+    first_click(user, widget, qtbot)
+    before = np.asarray(a.layers.labels.data).copy()
+    user.viewer.layers.remove(a.layers.points)
+    qtbot.waitUntil(lambda: a.layers.alive(a.layers.points), timeout=TIMEOUT_MS)
+    assert len(a.layers.points.data) == 1
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    np.testing.assert_array_equal(np.asarray(a.layers.labels.data), before)
 
 
-def test_shortcuts_object_list_and_negative_clicks(annotator, qtbot):
-    from napari.utils.key_bindings import KeyBinding
-
-    viewer, widget, c = annotator
-    points = c.points_layer
-    points.keymap[KeyBinding.from_str("N")](points)
-    assert c.objects == [1, 2] and c.current_object == 2
-    assert widget.object_list.count() == 2
-    assert c.labels_layer.selected_label == 2
-    widget.object_list.setCurrentRow(0)
-    assert c.current_object == 1 and c.labels_layer.selected_label == 1
-
-    class ShiftPress:
-        modifiers = ("Shift",)
-
-    c._on_points_press(points, ShiftPress())
-    points.add([2, 30, 20])
-    assert list(points.features["label"]) == [0]
-    np.testing.assert_allclose(points.face_color[0], [1.0, 0.2, 0.2, 1.0])
-    points.keymap[KeyBinding.from_str("G")](points)
-    assert not c.positive
-    qtbot.waitUntil(lambda: idle(c), timeout=TIMEOUT_MS)
+def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, model, stack, qtbot):
+    viewer = make_napari_viewer(show=True)
+    slow = SlowStack(stack)
+    viewer.add_image(slow.array, name="slow")
+    widget = dock(viewer, model)
+    user = User(viewer, qtbot)
+    a = widget.annotator
+    viewer.dims.set_current_step(0, 0)
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    slow.slow = True
+    job = a.propagate("forward", start=0)
+    qtbot.waitUntil(lambda: len(frames_with(a.layers.labels)) >= 2, timeout=TIMEOUT_MS)
+    viewer.close()
+    assert a.closed and job.finished, "the worker was still running after the viewer closed"

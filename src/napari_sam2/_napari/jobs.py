@@ -1,30 +1,47 @@
 """Jobs: long work as a generator, run off the main thread by a runner, results on the main thread.
 
 A :class:`Job` pairs a generator function (the work: it touches the engine only, never a layer)
-with main-thread callbacks (they touch layers only). A runner executes the work and delivers
-every yielded value to ``on_yield``, the return value to ``on_done`` and an exception to
-``on_error``, always on the main thread, then calls ``on_finish``. A :class:`JobQueue` runs jobs
-one at a time, in order, and calls each job's ``on_start`` just before its work starts.
+with main-thread callbacks (they touch layers only). A runner executes :meth:`Job.run` and
+hands every yielded value to :meth:`Job.deliver_yield`, the return value to
+:meth:`Job.deliver_return` and, at the end, calls :meth:`Job.deliver_finish`, always on the main
+thread. A :class:`JobQueue` runs jobs one at a time, in order.
 
-:class:`SyncRunner` runs the work inline (scripts without an event loop). The Qt runner in
-``napari_sam2._qt.runner`` runs it in a napari ``thread_worker``. Cancelling sets a flag that
-the work checks between yields, so the engine's generator is closed in the worker thread and
-the engine stays consistent.
+Failures never escape the work: :meth:`Job.run` catches every exception (``RuntimeError`` and
+torch's out-of-memory error included) and returns it wrapped in :class:`Failed`. superqt's
+worker treats a ``RuntimeError`` raised in a thread as an aborted thread and then emits neither
+``errored`` nor ``finished``; returning the failure as a value means ``on_error`` and
+``on_finish`` always run, so the annotator never stays busy. Exceptions raised by the
+main-thread callbacks are caught too and reported through ``on_error``.
+
+:class:`SyncRunner` runs the work inline (pure controller tests, scripts without an event
+loop). The Qt runner in ``napari_sam2._qt.runner`` runs it in a napari ``thread_worker``.
+Cancelling sets a flag that the work checks between yields, so the engine's generator is closed
+in the worker thread and the engine stays consistent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Job", "JobQueue", "Runner", "SyncRunner"]
+__all__ = ["Failed", "Job", "JobQueue", "Runner", "SyncRunner"]
 
 
 def _ignore(*_: object) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What :meth:`Job.run` returns when the work raised: the exception and its traceback."""
+
+    error: BaseException
+    trace: str = ""
 
 
 @dataclass(eq=False)
@@ -33,15 +50,17 @@ class Job:
 
     Attributes:
         name: what the job does, for messages ("propagate", "segment", ...).
-        work: a callable returning a generator; it runs off the main thread.
-        on_yield / on_done / on_error / on_finish: main-thread callbacks.
+        work: a callable returning a generator; it runs off the main thread. None for a job
+            that only runs ``on_start`` on the main thread, in its turn in the queue.
+        on_yield / on_done / on_error / on_finish: main-thread callbacks. ``on_finish`` always
+            runs last, after success, failure or cancel.
         on_start: main-thread callback a :class:`JobQueue` calls just before the work starts;
             an exception from it goes to ``on_error`` and the work never runs.
         key: jobs with equal non-None keys replace each other while queued.
     """
 
     name: str
-    work: Callable[[], Generator[Any, None, Any]]
+    work: Callable[[], Generator[Any, None, Any]] | None
     on_yield: Callable[[Any], None] = _ignore
     on_done: Callable[[Any], None] = _ignore
     on_error: Callable[[BaseException], None] = _ignore
@@ -49,8 +68,9 @@ class Job:
     on_start: Callable[[], None] = _ignore
     key: object = None
     cancelled: bool = False
-    worker_thread: str | None = None
+    failed: BaseException | None = None
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
+    _delivered_finish: bool = field(default=False, repr=False)
 
     def cancel(self) -> None:
         """Ask the work to stop at its next yield; results already delivered are kept."""
@@ -58,6 +78,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
+        """Whether the work has left its thread."""
         return self._finished.is_set()
 
     def wait_finished(self, timeout: float | None = None) -> bool:
@@ -65,10 +86,11 @@ class Job:
         return self._finished.wait(timeout)
 
     def run(self) -> Generator[Any, None, Any]:
-        """The work wrapped so that a cancel closes it at the next yield, in its own thread."""
-        self.worker_thread = threading.current_thread().name
-        generator = self.work()
+        """The work, stopped at the next yield after a cancel; returns its value or
+        :class:`Failed`. Never raises."""
+        generator = None
         try:
+            generator = self.work()
             while not self.cancelled:
                 try:
                     item = next(generator)
@@ -76,9 +98,51 @@ class Job:
                     return stop.value
                 yield item
             return None
+        except Exception as err:  # handed to the main thread as a value, see the module doc
+            return Failed(err, traceback.format_exc())
         finally:
-            generator.close()
+            if generator is not None:
+                # A failure while closing must not hide the outcome.
+                with contextlib.suppress(Exception):
+                    generator.close()
             self._finished.set()
+
+    # ---------------------------------------------------------------- main-thread delivery
+    def deliver_yield(self, item: Any) -> None:
+        if self.cancelled or self.failed is not None or self._delivered_finish:
+            return
+        self._guarded(self.on_yield, item)
+
+    def deliver_return(self, value: Any) -> None:
+        if isinstance(value, Failed):
+            self.deliver_error(value.error)
+        elif not self.cancelled and self.failed is None:
+            self._guarded(self.on_done, value)
+
+    def deliver_error(self, error: BaseException) -> None:
+        if self.failed is not None:
+            return
+        self.failed = error
+        self.cancel()
+        try:
+            self.on_error(error)
+        except Exception:  # noqa: BLE001 - a broken reporter must not lock the queue
+            traceback.print_exc()
+
+    def deliver_finish(self) -> None:
+        if self._delivered_finish:
+            return
+        self._delivered_finish = True
+        try:
+            self.on_finish()
+        except Exception as err:  # noqa: BLE001
+            self.deliver_error(err)
+
+    def _guarded(self, callback: Callable[[Any], None], value: Any) -> None:
+        try:
+            callback(value)
+        except Exception as err:  # noqa: BLE001 - reported to the user, the job stops
+            self.deliver_error(err)
 
 
 class Runner(Protocol):
@@ -86,39 +150,29 @@ class Runner(Protocol):
 
     def start(self, job: Job) -> None: ...
 
-    def wait(self, timeout: float | None = None) -> bool: ...
-
 
 class SyncRunner:
     """Runs a job to completion inside :meth:`start` (no threads, no event loop needed)."""
 
     def start(self, job: Job) -> None:
-        try:
-            generator = job.run()
-            while True:
-                try:
-                    item = next(generator)
-                except StopIteration as stop:
-                    if not job.cancelled:
-                        job.on_done(stop.value)
-                    break
-                if not job.cancelled:
-                    job.on_yield(item)
-        except Exception as err:  # delivered to the job, like a worker's `errored`
-            job.on_error(err)
-        finally:
-            job.on_finish()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return True
+        generator = job.run()
+        while True:
+            try:
+                item = next(generator)
+            except StopIteration as stop:
+                job.deliver_return(stop.value)
+                break
+            job.deliver_yield(item)
+        job.deliver_finish()
 
 
 class JobQueue:
     """Runs jobs one at a time, in submission order, through a runner.
 
-    A queued job is replaced by a later one with an equal non-None ``key``, so only the newest
-    request of a kind waits. ``on_busy(True)`` is called when a job is submitted to an idle
-    queue, ``on_busy(False)`` when the last job has finished. A closed queue accepts nothing.
+    A queued job is withdrawn when a later one with an equal non-None ``key`` arrives, so only
+    the newest request of a kind waits. ``on_busy(True)`` is called when a job is submitted to
+    an idle queue, ``on_busy(False)`` when the last job has finished. A closed queue accepts
+    nothing.
     """
 
     def __init__(self, runner: Runner, on_busy: Callable[[bool], None]) -> None:
@@ -133,52 +187,63 @@ class JobQueue:
         """Whether a job is running or queued."""
         return self.running is not None or bool(self._queue)
 
+    @property
+    def queued(self) -> list[Job]:
+        return list(self._queue)
+
     def submit(self, job: Job) -> None:
         if self.closed:
             return
         if job.key is not None:
-            for index, queued in enumerate(self._queue):
-                if queued.key == job.key:
-                    self._queue[index] = job
-                    return
+            # The older request goes and the newer one waits at the end, so jobs still run in
+            # the order their requests were made (the undo history relies on it).
+            for queued in [q for q in self._queue if q.key == job.key]:
+                self.withdraw(queued)
         self._queue.append(job)
         if self.running is None:
             self._on_busy(True)
             self._start_next()
 
     def withdraw(self, job: Job) -> bool:
-        """Take ``job`` out of the queue before it starts; False when it is not queued."""
+        """Take ``job`` out of the queue before it starts, finishing it; False when it is not
+        queued."""
         if job not in self._queue:
             return False
         self._queue.remove(job)
+        job.cancel()
+        job.deliver_finish()
         return True
 
     def _start_next(self) -> None:
-        if self.running is not None or self.closed:
-            return
-        if not self._queue:
-            self._on_busy(False)
-            return
-        job = self._queue.popleft()
-        self.running = job
-        original_finish = job.on_finish
+        while self.running is None and not self.closed:
+            if not self._queue:
+                self._on_busy(False)
+                return
+            job = self._queue.popleft()
+            self.running = job
+            original_finish = job.on_finish
 
-        def finish() -> None:
+            def finish(job=job, original_finish=original_finish) -> None:
+                try:
+                    original_finish()
+                finally:
+                    if self.running is job:
+                        self.running = None
+                        self._start_next()
+
+            job.on_finish = finish
             try:
-                original_finish()
-            finally:
-                if self.running is job:
-                    self.running = None
-                    self._start_next()
-
-        job.on_finish = finish
-        try:
-            job.on_start()
-        except Exception as err:  # e.g. the image vanished in between
-            job.on_error(err)
-            job.on_finish()
+                job.on_start()
+            except Exception as err:  # e.g. the image vanished in between
+                job.deliver_error(err)
+                job.deliver_finish()
+                continue
+            if job.work is None or job.cancelled:
+                job._finished.set()
+                job.deliver_finish()
+                continue
+            self.runner.start(job)
             return
-        self.runner.start(job)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the running job's work has left its thread (no event processing)."""

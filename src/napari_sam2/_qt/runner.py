@@ -34,9 +34,10 @@ def paused_spinners() -> list[QMovie]:
 class ThreadRunner:
     """Starts each job's generator in a napari :class:`GeneratorWorker`.
 
-    ``yielded`` values reach ``job.on_yield`` on the main thread (Qt queues the signal), the
-    return value ``job.on_done`` and an exception ``job.on_error``; ``finished`` calls
-    ``job.on_finish``. A cancelled job's late values are dropped.
+    ``yielded`` values reach :meth:`Job.deliver_yield` on the main thread (Qt queues the
+    signal), the return value (or the :class:`~napari_sam2._napari.jobs.Failed` that stands for
+    an exception) :meth:`Job.deliver_return`; ``finished`` calls :meth:`Job.deliver_finish`.
+    ``errored`` is connected too, as a safety net: :meth:`Job.run` never raises.
     """
 
     def __init__(self) -> None:
@@ -44,15 +45,6 @@ class ThreadRunner:
 
     def start(self, job: Job) -> None:
         worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
-
-        def on_yield(item) -> None:
-            if not job.cancelled:
-                job.on_yield(item)
-
-        def on_returned(value) -> None:
-            if not job.cancelled:
-                job.on_done(value)
-
         quiet: list[QMovie] = []
 
         def on_started() -> None:
@@ -65,16 +57,12 @@ class ThreadRunner:
                     movie.setPaused(False)
             if worker in self.workers:
                 self.workers.remove(worker)
-            job.on_finish()
+            job.deliver_finish()
 
-        worker.yielded.connect(on_yield)
-        worker.returned.connect(on_returned)
-        worker.errored.connect(job.on_error)
+        worker.yielded.connect(job.deliver_yield)
+        worker.returned.connect(job.deliver_return)
+        worker.errored.connect(job.deliver_error)
         worker.started.connect(on_started)
         worker.finished.connect(on_finished)
         self.workers.append(worker)
         worker.start()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether no worker of this runner is still running (does not block)."""
-        return not self.workers

@@ -1,48 +1,67 @@
-"""The "SAM 2 annotator" dock widget: a thin Qt shell over :class:`AnnotatorController`.
+"""The "SAM 2 annotator" dock widget: a view of the annotator's state and buttons for its actions.
 
-Every callback here only reads a control and calls the controller; all state and logic live in
-``napari_sam2._napari``. Work runs in napari thread workers through :class:`ThreadRunner`.
+The form is built with magicgui (layer picker, choices, numbers), each control bound both ways
+to a field of :class:`~napari_sam2._napari.state.AnnotatorState`; the object list is plain Qt.
+All logic lives in :class:`~napari_sam2._napari.annotator.Annotator`. Work runs in napari thread
+workers through :class:`ThreadRunner`.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtGui import QColor, QIcon, QPixmap
+import napari.layers
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
+    QMessageBox,
+    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from .._napari.controller import INTENSITY_MODES, AnnotatorController
+from .._napari.annotator import annotator_for
 from .._napari.model_loading import CHECKPOINT_FILE_CHOICE
+from .._napari.state import INTENSITY_MODES
 from ..engine.device import available_devices
+from ..engine.session import DIRECTIONS
 from ..model import PRESET_NAMES
+from .bindings import bind
+from .object_list import ObjectList
 from .runner import ThreadRunner
+from .shortcuts import install_shortcuts
 
 __all__ = ["AnnotatorWidget"]
 
-DEFAULT_PRESET = "sam2.1_hiera_tiny"
-_AUTO_AXIS = "auto (first slider)"
-_NO_CHANNEL = "none"
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_AUTO = "auto (first slider)"
+_NONE = "none"
+
+
+def _none_if_zero(value):
+    return None if not value else int(value)
+
+
+def _zero_if_none(value):
+    return 0 if value is None else int(value)
 
 
 class AnnotatorWidget(QWidget):
-    """Dock widget: image, model, slicing, objects, propagation.
+    """Dock widget: image, model, slices, objects, propagation.
 
     Args:
         napari_viewer: the viewer (napari passes it by this name).
@@ -51,323 +70,292 @@ class AnnotatorWidget(QWidget):
 
     def __init__(self, napari_viewer, runner=None) -> None:
         super().__init__()
-        self.viewer = napari_viewer
-        self.controller = AnnotatorController(napari_viewer, runner or ThreadRunner())
-        self._refreshing = False
+        self.annotator = annotator_for(napari_viewer, runner or ThreadRunner())
+        self.viewer = self.annotator.viewer
+        self.state = self.annotator.state
+        self._unbind: list = []
+        self._shortcuts: list = []
         self._watched: QObject | None = None
         self._build()
         self._connect()
-        self._refresh_images()
-        self._watch_window()
+        self._on_model_choice()
+        self._on_busy()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        state = self.state
         layout = QVBoxLayout(self)
 
-        self.image_combo = QComboBox()
-        form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        layout.addLayout(form)
+        self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
+        self.model_choice = ComboBox(
+            label="Model", choices=[*PRESET_NAMES, CHECKPOINT_FILE_CHOICE]
+        )
+        self.checkpoint = FileEdit(label="File", mode="r", filter="*.pt *.pth")
+        self.device = ComboBox(label="Device", choices=available_devices())
+        self.image_size = SpinBox(label="Input size", min=0, max=4096, step=32)
+        self.image_size.tooltip = "0 keeps the preset's size (1024)"
+        self.precision = ComboBox(label="Precision", choices=list(PRECISIONS))
+        self.load_button = PushButton(text="Load model")
+        self.model_status = Label(value=state.status)
+        self.form = Container(
+            widgets=[
+                self.image_picker,
+                self.model_choice,
+                self.checkpoint,
+                self.device,
+                self.image_size,
+                self.precision,
+                self.load_button,
+                self.model_status,
+            ]
+        )
+        layout.addWidget(self.form.native)
 
-        model_box = QGroupBox("Model")
-        model_form = QFormLayout(model_box)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems([*PRESET_NAMES, CHECKPOINT_FILE_CHOICE])
-        self.model_combo.setCurrentText(DEFAULT_PRESET)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("path/to/checkpoint.pt")
-        self.browse_button = QPushButton("Browse…")
-        file_row = QHBoxLayout()
-        file_row.addWidget(self.checkpoint_edit)
-        file_row.addWidget(self.browse_button)
-        self.file_row = QWidget()
-        self.file_row.setLayout(file_row)
-        file_row.setContentsMargins(0, 0, 0, 0)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
-        self.size_spin = QSpinBox()
-        self.size_spin.setRange(0, 4096)
-        self.size_spin.setSingleStep(32)
-        self.size_spin.setSpecialValueText("preset (1024)")
-        self.load_button = QPushButton("Load model")
-        self.model_status = QLabel("No model loaded.")
-        self.model_status.setWordWrap(True)
-        model_form.addRow("Model", self.model_combo)
-        self.file_label = QLabel("File")
-        model_form.addRow(self.file_label, self.file_row)
-        model_form.addRow("Device", self.device_combo)
-        model_form.addRow("Input size", self.size_spin)
-        model_form.addRow(self.load_button)
-        model_form.addRow(self.model_status)
-        layout.addWidget(model_box)
-        self._on_model_choice()
+        self.tracked_axis = ComboBox(label="Tracked axis", choices=self._axis_choices)
+        self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
+        self.intensity = ComboBox(label="Intensity", choices=list(INTENSITY_MODES))
+        self.low = FloatSpinBox(label="Fixed low", min=-1e12, max=1e12, step=1.0)
+        self.high = FloatSpinBox(label="Fixed high", min=-1e12, max=1e12, step=1.0, value=1.0)
+        self.slices = Container(
+            widgets=[self.tracked_axis, self.channel_axis, self.intensity, self.low, self.high]
+        )
+        slices_box = QGroupBox("Slices")
+        QVBoxLayout(slices_box).addWidget(self.slices.native)
+        layout.addWidget(slices_box)
 
-        slicing = QGroupBox("Slices")
-        slicing_form = QFormLayout(slicing)
-        self.axis_combo = QComboBox()
-        self.channel_combo = QComboBox()
-        self.intensity_combo = QComboBox()
-        self.intensity_combo.addItems(list(INTENSITY_MODES))
-        self.low_spin = QDoubleSpinBox()
-        self.high_spin = QDoubleSpinBox()
-        for spin in (self.low_spin, self.high_spin):
-            spin.setRange(-1e12, 1e12)
-            spin.setDecimals(3)
-            spin.setEnabled(False)
-        self.high_spin.setValue(1.0)
-        range_row = QHBoxLayout()
-        range_row.addWidget(self.low_spin)
-        range_row.addWidget(self.high_spin)
-        slicing_form.addRow("Tracked axis", self.axis_combo)
-        slicing_form.addRow("Channel axis", self.channel_combo)
-        slicing_form.addRow("Intensity", self.intensity_combo)
-        slicing_form.addRow("Fixed range", range_row)
-        layout.addWidget(slicing)
-
-        objects = QGroupBox("Objects")
-        objects_layout = QVBoxLayout(objects)
-        self.object_list = QListWidget()
-        self.object_list.setMaximumHeight(120)
-        buttons = QHBoxLayout()
-        self.new_button = QPushButton("New object (N)")
-        self.delete_button = QPushButton("Delete object")
-        buttons.addWidget(self.new_button)
-        buttons.addWidget(self.delete_button)
-        self.negative_check = QCheckBox("Clicks are negative (G; Shift-click flips one)")
-        self.protect_check = QCheckBox("Never overwrite other labels")
-        self.protect_check.setChecked(True)
+        objects_box = QGroupBox("Objects")
+        objects_layout = QVBoxLayout(objects_box)
+        self.object_list = ObjectList(self.annotator)
         objects_layout.addWidget(self.object_list)
-        objects_layout.addLayout(buttons)
-        objects_layout.addWidget(self.negative_check)
-        objects_layout.addWidget(self.protect_check)
-        layout.addWidget(objects)
+        row = QHBoxLayout()
+        self.new_button = QPushButton("New (N)")
+        self.delete_button = QPushButton("Delete")
+        self.clear_slice_button = QPushButton("Clear slice")
+        self.clear_object_button = QPushButton("Clear object")
+        for button in (
+            self.new_button,
+            self.delete_button,
+            self.clear_slice_button,
+            self.clear_object_button,
+        ):
+            row.addWidget(button)
+        objects_layout.addLayout(row)
+        self.negative = CheckBox(text="Clicks are negative (G; Shift+click flips one)")
+        self.protect = CheckBox(text="Never overwrite other labels")
+        self.object_options = Container(widgets=[self.negative, self.protect])
+        objects_layout.addWidget(self.object_options.native)
+        layout.addWidget(objects_box)
 
-        propagation = QGroupBox("Propagation")
-        propagation_form = QFormLayout(propagation)
-        self.direction_combo = QComboBox()
-        self.direction_combo.addItems(["both", "forward", "backward"])
-        self.frames_spin = QSpinBox()
-        self.frames_spin.setRange(0, 1_000_000)
-        self.frames_spin.setSpecialValueText("whole axis")
+        run_box = QGroupBox("Propagation")
+        run_layout = QVBoxLayout(run_box)
+        self.direction = ComboBox(label="Direction", choices=list(DIRECTIONS))
+        self.max_frames = SpinBox(label="Slices per direction", min=0, max=1_000_000)
+        self.max_frames.tooltip = "0 propagates through the whole axis"
+        self.run_options = Container(widgets=[self.direction, self.max_frames])
+        run_layout.addWidget(self.run_options.native)
+        buttons = QHBoxLayout()
         self.propagate_button = QPushButton("Propagate (Shift+P)")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.propagate_button)
-        run_row.addWidget(self.cancel_button)
-        propagation_form.addRow("Direction", self.direction_combo)
-        propagation_form.addRow("Frames per direction", self.frames_spin)
-        propagation_form.addRow(run_row)
-        layout.addWidget(propagation)
+        buttons.addWidget(self.propagate_button)
+        buttons.addWidget(self.cancel_button)
+        run_layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.progress_text = Label(value="")
+        run_layout.addWidget(self.progress_bar)
+        run_layout.addWidget(self.progress_text.native)
+        history = QHBoxLayout()
+        self.undo_button = QPushButton("Undo (Ctrl+Z)")
+        self.redo_button = QPushButton("Redo")
+        self.save_button = QPushButton("Save prompts…")
+        self.open_button = QPushButton("Load prompts…")
+        for button in (self.undo_button, self.redo_button, self.save_button, self.open_button):
+            history.addWidget(button)
+        run_layout.addLayout(history)
+        layout.addWidget(run_box)
+        self.status = Label(value=state.status)
+        layout.addWidget(self.status.native)
         layout.addStretch(1)
 
     def _connect(self) -> None:
-        c = self.controller
-        self.image_combo.currentIndexChanged.connect(self._on_image_choice)
-        self.model_combo.currentTextChanged.connect(self._on_model_choice)
-        self.browse_button.clicked.connect(self._browse)
-        self.load_button.clicked.connect(self._load_model)
-        self.axis_combo.currentIndexChanged.connect(self._on_axes_choice)
-        self.channel_combo.currentIndexChanged.connect(self._on_axes_choice)
-        self.intensity_combo.currentTextChanged.connect(self._on_intensity_choice)
-        self.low_spin.editingFinished.connect(self._on_intensity_choice)
-        self.high_spin.editingFinished.connect(self._on_intensity_choice)
-        self.object_list.currentItemChanged.connect(self._on_object_choice)
+        state, a = self.state, self.annotator
+        warn = self._warn
+        if state.image is None:
+            state.image = a.default_image()
+        self._unbind += [
+            bind(self.image_picker, state, "image"),
+            bind(self.model_choice, state, "model_name", to_widget=self._model_text,
+                 to_state=self._model_value),
+            bind(self.device, state, "device"),
+            bind(self.image_size, state, "image_size", to_widget=_zero_if_none,
+                 to_state=_none_if_zero),
+            bind(self.precision, state, "precision"),
+            bind(self.tracked_axis, state, "tracked_axis", on_error=warn),
+            bind(self.channel_axis, state, "channel_axis", on_error=warn),
+            bind(self.intensity, state, "intensity"),
+            bind(self.negative, state, "positive", to_widget=lambda v: not v,
+                 to_state=lambda v: not v),
+            bind(self.protect, state, "protect"),
+            bind(self.direction, state, "direction"),
+            bind(self.max_frames, state, "max_frames", to_widget=_zero_if_none,
+                 to_state=_none_if_zero),
+        ]  # fmt: skip
+        self.model_choice.changed.connect(self._on_model_choice)
+        self.checkpoint.changed.connect(self._on_checkpoint)
+        self.low.changed.connect(self._on_fixed_range)
+        self.high.changed.connect(self._on_fixed_range)
+        self.intensity.changed.connect(self._on_fixed_range)
+        self.load_button.changed.connect(self._load)
         self.new_button.clicked.connect(self._new_object)
         self.delete_button.clicked.connect(self._delete_object)
-        self.negative_check.toggled.connect(self._on_polarity_choice)
-        self.protect_check.toggled.connect(lambda on: setattr(c, "protect", bool(on)))
-        self.propagate_button.clicked.connect(self._propagate)
-        self.cancel_button.clicked.connect(c.cancel)
+        self.clear_slice_button.clicked.connect(self._guarded(a.clear_slice))
+        self.clear_object_button.clicked.connect(self._guarded(a.clear_object))
+        self.propagate_button.clicked.connect(self._guarded(a.propagate))
+        self.cancel_button.clicked.connect(a.cancel)
+        self.undo_button.clicked.connect(a.undo)
+        self.redo_button.clicked.connect(a.redo)
+        self.save_button.clicked.connect(self._save_prompts)
+        self.open_button.clicked.connect(self._load_prompts)
+        state.events.busy.connect(self._on_busy)
+        state.events.status.connect(self._on_status)
+        state.events.loaded.connect(self._on_status)
+        state.events.progress.connect(self._on_progress)
+        state.events.image.connect(self._on_image)
+        a.events.layers_lost.connect(self._on_layers_lost)
+        self.viewer.dims.events.order.connect(self.reset_choices)
+        self.viewer.dims.events.ndisplay.connect(self.reset_choices)
+        self._on_image()
 
-        layers = self.viewer.layers.events
-        layers.inserted.connect(self._refresh_images)
-        layers.removed.connect(self._refresh_images)
-        layers.moved.connect(self._refresh_images)
-        self.viewer.dims.events.order.connect(self._refresh_axes)
-        self.viewer.dims.events.ndisplay.connect(self._refresh_axes)
-        c.events.objects.connect(self._refresh_objects)
-        c.events.current_object.connect(self._refresh_objects)
-        c.events.busy.connect(self._on_busy)
-        c.events.model.connect(self._on_model_loaded)
-        c.events.image.connect(self._refresh_axes)
+    # ------------------------------------------------------------------ helpers
+    def _warn(self, err: Exception) -> None:
+        self.annotator.notify("warning", str(err))
 
-    # ------------------------------------------------------------------ images
-    def _image_layers(self) -> list:
-        from napari.layers import Image
+    def _guarded(self, action):
+        def run(*_args) -> None:
+            try:
+                action()
+            except ValueError as err:
+                self.annotator.notify("warning", str(err))
 
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        return run
 
-    def _refresh_images(self, _event=None) -> None:
-        if self._refreshing:
-            return
-        self._refreshing = True
-        try:
-            images = self._image_layers()
-            current = self.controller.image_layer
-            if current not in images:
-                current = self.controller.default_image_layer()
-            self.image_combo.clear()
-            for layer in images:
-                self.image_combo.addItem(layer.name)
-            if current is not None:
-                self.image_combo.setCurrentIndex(images.index(current))
-        finally:
-            self._refreshing = False
-        self._on_image_choice()
+    def reset_choices(self, _event=None) -> None:
+        """Follow the viewer's layers and axes (napari calls this on layer changes)."""
+        for container in (self.form, self.slices):
+            container.reset_choices()
+        if self.state.image is None and self.image_picker.value is not None:
+            self.state.image = self.image_picker.value
+        self._on_image()
 
-    def _on_image_choice(self, _index=None) -> None:
-        if self._refreshing:
-            return
-        images = self._image_layers()
-        index = self.image_combo.currentIndex()
-        layer = images[index] if 0 <= index < len(images) else None
-        if layer is self.controller.image_layer:
-            return
-        self._refreshing = True
-        try:
-            self.controller.image_layer = layer
-            if layer is not None:
-                self.controller.ensure_layers()
-                self.low_spin.setValue(float(layer.contrast_limits[0]))
-                self.high_spin.setValue(float(layer.contrast_limits[1]))
-        finally:
-            self._refreshing = False
-        self._refresh_axes()
-        self._refresh_objects()
+    def _axis_choices(self, _widget=None):
+        return [(_AUTO, None), *self.annotator.axis_choices()]
 
-    def _refresh_axes(self, _event=None) -> None:
-        layer = self.controller.image_layer
-        choices = self.controller.axis_choices()
-        shape = () if layer is None else layer.data.shape
-        self._refreshing = True
-        try:
-            self.axis_combo.clear()
-            self.axis_combo.addItem(_AUTO_AXIS, None)
-            self.channel_combo.clear()
-            self.channel_combo.addItem(_NO_CHANNEL, None)
-            for axis in choices:
-                text = f"axis {axis} ({shape[axis]} slices)"
-                self.axis_combo.addItem(text, axis)
-                self.channel_combo.addItem(f"axis {axis} ({shape[axis]} channels)", axis)
-            tracked = self.controller.tracked_axis
-            channel = self.controller.channel_axis
-            self.axis_combo.setCurrentIndex(max(self.axis_combo.findData(tracked), 0))
-            self.channel_combo.setCurrentIndex(max(self.channel_combo.findData(channel), 0))
-        finally:
-            self._refreshing = False
+    def _channel_choices(self, _widget=None):
+        return [(_NONE, None), *self.annotator.axis_choices()]
 
-    def _on_axes_choice(self, _index=None) -> None:
-        if self._refreshing:
-            return
-        tracked = self.axis_combo.currentData()
-        channel = self.channel_combo.currentData()
-        try:
-            self.controller.set_axes(tracked, channel)
-        except ValueError as err:
-            self.controller.notify("warning", str(err))
+    @staticmethod
+    def _model_text(name: str) -> str:
+        return name
 
-    def _on_intensity_choice(self, _value=None) -> None:
-        mode = self.intensity_combo.currentText()
-        fixed = mode == "fixed"
-        self.low_spin.setEnabled(fixed)
-        self.high_spin.setEnabled(fixed)
-        try:
-            self.controller.set_intensity(
-                mode, (self.low_spin.value(), self.high_spin.value()) if fixed else None
-            )
-        except ValueError as err:
-            self.controller.notify("error", f"{err}. Set the fixed range's low below its high.")
+    def _model_value(self, text: str) -> str:
+        if text == CHECKPOINT_FILE_CHOICE:
+            return self.state.model_name
+        self.state.checkpoint = ""
+        return text
 
-    # ------------------------------------------------------------------ model
-    def _on_model_choice(self, _text=None) -> None:
-        wants_file = self.model_combo.currentText() == CHECKPOINT_FILE_CHOICE
-        self.file_row.setVisible(wants_file)
-        self.file_label.setVisible(wants_file)
+    # ------------------------------------------------------------------ reactions
+    def _on_image(self, _event=None) -> None:
+        self.tracked_axis.reset_choices()
+        self.channel_axis.reset_choices()
+        stack = len(self.annotator.axis_choices()) > 0
+        self.tracked_axis.visible = stack
+        self.channel_axis.visible = stack
+        image = self.state.image
+        if image is not None:
+            lo, hi = (float(v) for v in image.contrast_limits)
+            self.low.value, self.high.value = lo, hi
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SAM 2 checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
-        )
-        if path:
-            self.checkpoint_edit.setText(path)
+    def _on_model_choice(self, _value=None) -> None:
+        wants_file = self.model_choice.value == CHECKPOINT_FILE_CHOICE
+        self.checkpoint.visible = wants_file
 
-    def _load_model(self) -> None:
-        choice = self.model_combo.currentText()
-        checkpoint = None
-        preset = choice
-        if choice == CHECKPOINT_FILE_CHOICE:
-            checkpoint = self.checkpoint_edit.text().strip()
-            if not checkpoint:
-                self.controller.notify(
-                    "warning", "Choose a checkpoint file (Browse…) or pick a preset to download."
+    def _on_checkpoint(self, value=None) -> None:
+        self.state.checkpoint = str(self.checkpoint.value or "")
+
+    def _on_fixed_range(self, _value=None) -> None:
+        fixed = self.intensity.value == "fixed"
+        self.low.enabled = self.high.enabled = fixed
+        if fixed:
+            self.state.fixed_range = (float(self.low.value), float(self.high.value))
+
+    def _load(self, _value=None) -> None:
+        if self.model_choice.value == CHECKPOINT_FILE_CHOICE:
+            path = str(self.checkpoint.value or "").strip()
+            if not path or path == ".":
+                self.annotator.notify(
+                    "warning", "Choose a checkpoint file (the folder button) or pick a preset."
                 )
                 return
-            preset = DEFAULT_PRESET
-        size = self.size_spin.value() or None
-        self.model_status.setText(f"Loading {checkpoint or preset}…")
-        self.controller.load_model(
-            preset, checkpoint, device=self.device_combo.currentText(), image_size=size
-        )
+            self.state.checkpoint = path
+        self.annotator.load_model()
 
-    def _on_model_loaded(self, _event=None) -> None:
-        model = self.controller.model
-        if model is None:
-            self.model_status.setText("No model loaded.")
-        else:
-            self.model_status.setText(f"{self.controller.model_name} on {model.device}")
+    def _on_busy(self, _event=None) -> None:
+        busy = self.state.busy
+        self.cancel_button.setEnabled(busy)
+        self.load_button.enabled = not busy
 
-    # ------------------------------------------------------------------ objects
-    def _refresh_objects(self, _event=None) -> None:
-        c = self.controller
-        self._refreshing = True
-        try:
-            self.object_list.clear()
-            for obj_id in c.objects:
-                item = QListWidgetItem(f"Object {obj_id}")
-                item.setData(Qt.UserRole, obj_id)
-                colour = QColor.fromRgbF(*c.object_colour(obj_id))
-                pixmap = QPixmap(14, 14)
-                pixmap.fill(colour)
-                item.setIcon(QIcon(pixmap))
-                self.object_list.addItem(item)
-                if obj_id == c.current_object:
-                    self.object_list.setCurrentItem(item)
-        finally:
-            self._refreshing = False
+    def _on_status(self, _event=None) -> None:
+        self.status.value = self.state.status
+        self.model_status.value = self.state.loaded or "No model loaded."
 
-    def _on_object_choice(self, item, _previous=None) -> None:
-        if self._refreshing or item is None:
+    def _on_progress(self, _event=None) -> None:
+        progress = self.state.progress
+        self.progress_bar.setVisible(progress is not None)
+        if progress is None:
+            self.progress_text.value = ""
             return
-        self.controller.select_object(int(item.data(Qt.UserRole)))
+        self.progress_bar.setMaximum(max(progress.total, 1))
+        self.progress_bar.setValue(progress.done)
+        self.progress_text.value = progress.text()
+
+    def _on_layers_lost(self, _event=None) -> None:
+        QTimer.singleShot(0, self.annotator.restore_layers)
 
     def _new_object(self) -> None:
-        if self.controller.ensure_layers():
-            self.controller.new_object()
+        if self.annotator.ensure_layers():
+            self.annotator.new_object()
 
     def _delete_object(self) -> None:
-        obj_id = self.controller.current_object
-        if obj_id is not None:
-            self.controller.delete_object(obj_id)
+        obj_id = self.state.current_object
+        if obj_id is None:
+            return
+        name = self.state.object_name(obj_id)
+        answer = QMessageBox.question(
+            self,
+            "Delete object",
+            f"Delete {name} (label {obj_id}) with its prompts and pixels? Undo brings it back.",
+        )
+        if answer == QMessageBox.Yes:
+            self.annotator.delete_object(obj_id)
 
-    def _on_polarity_choice(self, negative: bool) -> None:
-        if self.controller.positive == bool(negative):
-            self.controller.toggle_polarity()
+    def _save_prompts(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save prompts", "", "SAM 2 prompts (*.sam2.json *.json)"
+        )
+        if path:
+            self.annotator.save_prompts(path, overwrite=True)
 
-    # ------------------------------------------------------------------ propagation
-    def _propagate(self) -> None:
-        frames = self.frames_spin.value() or None
-        self.controller.propagate(self.direction_combo.currentText(), max_frames=frames)
+    def _load_prompts(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load prompts", "", "SAM 2 prompts (*.sam2.json *.json);;All files (*)"
+        )
+        if path:
+            self.annotator.load_prompts(path)
 
-    def _on_busy(self, event=None) -> None:
-        busy = bool(getattr(event, "value", self.controller.busy))
-        self.cancel_button.setEnabled(busy)
-        self.load_button.setEnabled(not busy)
-
-    # ------------------------------------------------------------------ teardown
+    # ------------------------------------------------------------------ docking and teardown
     def _watch_window(self) -> None:
-        """Watch the top-level window this widget is docked in, to stop the worker when
-        napari's main window closes (the dock itself is not closed then)."""
+        """Watch the main window: its shortcuts, and closing it stops the worker (napari does
+        not close the dock then)."""
         try:
             window = self.window()
         except RuntimeError:  # the C++ widget is already gone
@@ -379,6 +367,11 @@ class AnnotatorWidget(QWidget):
                 self._watched.removeEventFilter(self)
         window.installEventFilter(self)
         self._watched = window
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._shortcuts = install_shortcuts(window, self.annotator)
+        self.reset_choices()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
         if watched is self._watched and event.type() == QEvent.Close:
@@ -400,17 +393,22 @@ class AnnotatorWidget(QWidget):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Cancel running work, wait for the worker thread and disconnect from the viewer."""
-        if self.controller.closed:
+        """Cancel running work, wait for the worker thread and disconnect from the viewer; the
+        annotator's state is kept for a dock opened again on this viewer."""
+        if self.annotator.closed:
             return
-        self.controller.close()
+        self.annotator.close()
+        for unbind in self._unbind:
+            with contextlib.suppress(Exception):
+                unbind()
+        self._unbind.clear()
         with contextlib.suppress(Exception):
-            layers = self.viewer.layers.events
-            layers.inserted.disconnect(self._refresh_images)
-            layers.removed.disconnect(self._refresh_images)
-            layers.moved.disconnect(self._refresh_images)
-            self.viewer.dims.events.order.disconnect(self._refresh_axes)
-            self.viewer.dims.events.ndisplay.disconnect(self._refresh_axes)
+            self.object_list.disconnect_state()
+            self.viewer.dims.events.order.disconnect(self.reset_choices)
+            self.viewer.dims.events.ndisplay.disconnect(self.reset_choices)
+        for shortcut in self._shortcuts:
+            with contextlib.suppress(RuntimeError):
+                shortcut.setEnabled(False)
         if self._watched is not None:
             with contextlib.suppress(RuntimeError):
                 self._watched.removeEventFilter(self)

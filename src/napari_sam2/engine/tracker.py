@@ -34,12 +34,11 @@ from .objects import (
 )
 from .precision import autocast, precision_name, resolve_precision, suspend_autocast
 from .prompts import validate_frame_index, validate_object_id, validate_prompt
+from .session import PropagationPlan, plan_propagation
 
 #: Previous logits fed back with new clicks are clamped, as the reference does, to avoid rare
 #: numerical trouble with very confident masks.
 PREVIOUS_LOGIT_CLAMP = 32.0
-
-DIRECTIONS = ("forward", "backward", "both")
 
 
 class PropagationInvalidated(ValueError):
@@ -51,6 +50,7 @@ class PropagationInvalidated(ValueError):
     ``propagate`` again to continue with the new objects. Prompt changes on existing objects do
     not end it.
     """
+
 
 
 class Tracker:
@@ -306,31 +306,19 @@ class Tracker:
         (or :meth:`reset`) while a generator is unfinished, makes that generator raise
         :class:`PropagationInvalidated` at its next step (its finished frames stay tracked).
         """
-        validate_frame_index(start, self.num_frames)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1, got {max_frames}")
-        passes = self._passes(start, direction, max_frames)
-        total = sum(len(order) for order, _ in passes)
-        check_propagation_fits(self, total)
+        plan = self.plan(start, direction, max_frames)
+        check_propagation_fits(self, plan.total)
         self._commit_pending()
         token = object()
         self._propagation_token = token
-        return self._propagation(passes, token, self._objects_version)
+        return self._propagation(plan.passes, token, self._objects_version)
 
-    def _passes(self, start: int, direction: str, max_frames: int | None):
-        limit = self.num_frames if max_frames is None else max_frames
-        forward = list(range(start, min(start + limit, self.num_frames)))
-        backward_from = start - 1 if direction == "both" else start
-        backward_limit = limit - 1 if direction == "both" else limit
-        backward = list(range(backward_from, max(backward_from - backward_limit, -1), -1))
-        passes = []
-        if direction in ("forward", "both"):
-            passes.append((forward, False))
-        if direction in ("backward", "both"):
-            passes.append((backward, True))
-        return passes
+    def plan(
+        self, start: int, direction: str = "forward", max_frames: int | None = None
+    ) -> PropagationPlan:
+        """The frames :meth:`propagate` with these arguments visits, in order."""
+        validate_frame_index(start, self.num_frames)
+        return plan_propagation(self.num_frames, start, direction, max_frames)
 
     def _propagation(self, passes, token, version) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         for order, backward in passes:

@@ -1,0 +1,180 @@
+"""The sync step: the one place that knows what the engine was last sent.
+
+:class:`EngineLink` keeps one engine :class:`~napari_sam2.engine.tracker.Tracker` per image,
+plane and reading settings (an :class:`EngineSession`), and sends it the (object, frame) prompt
+groups that changed since the last call, each as a "segment" job. A job is bound to the session
+it was made for: its image, plane, tracker and Labels layer are fixed when it is submitted, so
+switching the image or the view orientation meanwhile never writes anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from napari.layers import Image
+
+from ..engine.session import Prompt
+from ..engine.tracker import Tracker
+from .geometry import SliceGeometry, layer_array
+from .jobs import Job, JobQueue
+
+__all__ = ["NO_IMAGE", "NO_MODEL", "EngineLink", "EngineSession"]
+
+NO_IMAGE = (
+    "No image layer to segment. Open an image (File > Open, or File > Open Sample > "
+    "napari-sam2 > SAM 2 demo stack) and choose it under 'Image'."
+)
+NO_MODEL = "No SAM 2 model is loaded yet. Choose a model and press 'Load model', then try again."
+#: Trackers kept for other planes or settings, so switching back keeps their cached features.
+KEPT_SESSIONS = 3
+
+
+@dataclass(eq=False)
+class EngineSession:
+    """One tracker over the frames of one image, in one plane, with one reading setting.
+
+    Attributes:
+        key: identity of image, geometry, intensity range, model and precision.
+        sent: ``{(obj_id, frame): Prompt}`` the tracker was last given.
+    """
+
+    key: tuple
+    image: Image
+    geometry: SliceGeometry
+    tracker: Tracker
+    sent: dict[tuple[int, int], Prompt] = field(default_factory=dict)
+
+
+class EngineLink:
+    """Keeps the engine in step with the prompts.
+
+    Args:
+        jobs: the annotator's job queue.
+        on_result: ``on_result(session, frame, logits_by_id, context)`` on the main thread
+            with each segmentation's result (``context`` is what :meth:`send` was given).
+        on_error: ``on_error(err)`` when a job fails.
+    """
+
+    def __init__(
+        self,
+        jobs: JobQueue,
+        *,
+        on_result: Callable[[EngineSession, int, dict, object], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.jobs = jobs
+        self.model = None
+        self._on_result = on_result
+        self._on_error = on_error
+        self._sessions: OrderedDict[tuple, EngineSession] = OrderedDict()
+
+    def session(
+        self,
+        image: Image,
+        geometry: SliceGeometry,
+        intensity_range: tuple[float, float] | None,
+        precision: str,
+    ) -> EngineSession:
+        """The session for these settings, built when missing. Raises ValueError without a
+        model."""
+        if self.model is None:
+            raise ValueError(NO_MODEL)
+        key = (id(image), geometry.key(), intensity_range, id(self.model), precision)
+        found = self._sessions.get(key)
+        if found is not None and found.image is image:
+            self._sessions.move_to_end(key)
+            return found
+        frames = layer_array(image)[geometry.frames_index()]
+        axis, channel_axis = geometry.engine_axes()
+        tracker = Tracker(
+            self.model,
+            frames,
+            axis=axis,
+            channel_axis=channel_axis,
+            intensity_range=intensity_range,
+            precision=precision,
+        )
+        session = EngineSession(key, image, geometry, tracker)
+        self._sessions[key] = session
+        while len(self._sessions) > KEPT_SESSIONS:
+            self._sessions.popitem(last=False)
+        return session
+
+    def drop(self, image: Image | None = None) -> None:
+        """Forget the sessions (of ``image``, or all): their trackers and what they were sent."""
+        for key in list(self._sessions):
+            if image is None or self._sessions[key].image is image:
+                del self._sessions[key]
+
+    def send(
+        self,
+        session: EngineSession,
+        prompts: dict[tuple[int, int], Prompt],
+        *,
+        context: object = None,
+        write: bool = True,
+    ) -> int:
+        """Submit a job for each (object, frame) group whose prompt changed; returns how many.
+
+        ``write=False`` updates the engine only (after an undo, whose pixels napari restored).
+        """
+        previous, session.sent = session.sent, dict(prompts)
+        changed = [key for key in previous if key not in prompts]
+        changed += [key for key, p in prompts.items() if not p.same_as(previous.get(key))]
+        for key in changed:
+            self._submit(session, key, prompts.get(key), context, write)
+        return len(changed)
+
+    def forget(self, session: EngineSession, obj_id: int) -> None:
+        """Remove ``obj_id`` from the engine (a deleted object), in a job."""
+        session.sent = {key: p for key, p in session.sent.items() if key[0] != obj_id}
+        tracker = session.tracker
+
+        def work():
+            if obj_id in tracker.object_ids:
+                tracker.remove_object(obj_id)
+            yield None
+
+        self.jobs.submit(Job("forget object", work, on_error=self._on_error))
+
+    def prepare(self, session: EngineSession, frame: int) -> None:
+        """Compute a frame's image features in the background (the slow step of a click)."""
+        tracker = session.tracker
+
+        def work():
+            tracker.prepare(frame)
+            yield frame
+
+        self.jobs.submit(Job("prepare", work, on_error=self._on_error, key="prepare"))
+
+    def _submit(self, session, key, prompt: Prompt | None, context, write: bool) -> None:
+        obj_id, frame = key
+        tracker = session.tracker
+
+        def work():
+            if prompt is None or prompt.empty:
+                if obj_id in tracker.object_ids:
+                    if frame in tracker.prompted_frames(obj_id):
+                        tracker.clear_prompts(obj_id, frame)
+                    if not tracker.prompted_frames(obj_id):
+                        tracker.remove_object(obj_id)
+                yield frame, {obj_id: None}
+                return
+            tracker.prepare(frame)
+            yield frame, tracker.set_prompts(frame, obj_id, **prompt.engine_kwargs())
+
+        def on_yield(item) -> None:
+            if write:
+                self._on_result(session, item[0], item[1], context)
+
+        def on_error(err: BaseException) -> None:
+            # Forget the group so that the next edit sends it again.
+            if session.sent.get(key) is prompt:
+                session.sent.pop(key, None)
+            self._on_error(err)
+
+        self.jobs.submit(
+            Job("segment", work, on_yield=on_yield, on_error=on_error, key=("segment", key))
+        )
