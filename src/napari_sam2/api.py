@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine.session import DIRECTIONS, Prompt, group_prompts, label_frame, start_frame
+from .engine.session import (
+    DIRECTIONS,
+    Prompt,
+    group_prompts,
+    label_frame,
+    rowcol_to_xy,
+    start_frame,
+)
 
 __all__ = [
     "Prompt",
@@ -190,7 +197,7 @@ def prompts_from_arrays(
                 raise ValueError(f"labels must be 1 or 0, got values {np.unique(marks)}")
         for frame in np.unique(table[:, 0]):
             rows = table[:, 0] == frame
-            xy = table[rows][:, [2, 1]]  # (row, col) -> (x, y)
+            xy = rowcol_to_xy(table[rows][:, 1:3])
             prompts.append(Prompt(int(frame), 1, xy, marks[rows]))
     elif labels is not None:
         raise ValueError("labels were given without points")

@@ -43,10 +43,12 @@ from typing import Any
 import numpy as np
 
 from .engine import io as _io
+from .engine.session import plan_propagation, start_frame
 
 __all__ = ["PARTIAL_SUFFIX", "RunInterrupted", "main", "partial_path"]
 
 EXIT_USAGE = 2
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
 EXIT_INTERRUPTED = 130
 DEBUG_ENV_VAR = "NAPARI_SAM2_DEBUG"
 """When set, errors are raised with their traceback instead of printed as one line."""
@@ -92,7 +94,7 @@ def partial_path(out: str | Path) -> Path:
 
 def _input_paths(args: argparse.Namespace) -> list[str]:
     """Every file the run reads; none of them may be the output."""
-    names = (args.stack, args.points, args.boxes, args.checkpoint)
+    names = (args.stack, args.points, args.boxes, args.prompts, args.checkpoint)
     return [name for name in names if name is not None]
 
 
@@ -118,11 +120,45 @@ def _prompt_axis(image_ndim: int, axis: int, channel_axis: int | None) -> int:
     return tracked
 
 
+def _apply_prompt_file(args: argparse.Namespace) -> None:
+    """With ``--prompts FILE``: read it, and take its settings where no option was given."""
+    args.prompt_file = None
+    if args.prompts is not None:
+        if args.points is not None or args.boxes is not None:
+            raise CommandError("give either --prompts FILE, or --points/--boxes CSV files")
+        from .engine.prompt_store import read_prompt_file
+
+        args.prompt_file = read_prompt_file(args.prompts)
+        settings = args.prompt_file.settings
+        for option, key in (
+            ("model", "model"),
+            ("checkpoint", "checkpoint"),
+            ("image_size", "image_size"),
+            ("precision", "precision"),
+        ):
+            if getattr(args, option) is None and settings.get(key) is not None:
+                setattr(args, option, settings[key])
+        if args.range is None and settings.get("intensity_range") is not None:
+            args.range = list(settings["intensity_range"])
+    args.model = args.model or DEFAULT_MODEL
+    args.precision = args.precision or "auto"
+
+
 def _read_prompts(args: argparse.Namespace, image_ndim: int) -> list:
     from .engine.prompt_files import group_prompts, read_boxes_csv, read_points_csv
 
+    if args.prompt_file is not None:
+        from .engine.prompt_store import prompts_for_engine
+
+        prompts = prompts_for_engine(args.prompt_file)
+        if not prompts:
+            raise CommandError(f"{args.prompts}: the file holds no prompts")
+        return prompts
     if args.points is None and args.boxes is None:
-        raise CommandError("give prompts: --points FILE.csv and/or --boxes FILE.csv")
+        raise CommandError(
+            "give prompts: --prompts FILE (saved by the annotator), or --points FILE.csv "
+            "and/or --boxes FILE.csv"
+        )
     axis = _prompt_axis(image_ndim, args.axis, args.channel_axis)
     found = []
     if args.points is not None:
@@ -137,13 +173,10 @@ def _read_prompts(args: argparse.Namespace, image_ndim: int) -> list:
 
 
 def _check_model_name(name: str) -> None:
-    from .model import PRESET_NAMES
+    from .model.config import PRESETS, unknown_preset
 
-    if name not in PRESET_NAMES:
-        raise CommandError(
-            f"unknown model {name!r}; choose one of {', '.join(PRESET_NAMES)} "
-            "(see: napari-sam2 models)"
-        )
+    if name not in PRESETS:
+        raise CommandError(str(unknown_preset(name)))
 
 
 def _tracker_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +185,7 @@ def _tracker_options(args: argparse.Namespace) -> dict[str, Any]:
         "axis": args.axis,
         "channel_axis": args.channel_axis,
         "intensity_range": None if args.range is None else tuple(args.range),
+        "precision": args.precision,
     }
 
 
@@ -163,6 +197,7 @@ class _Plan:
         from .engine.memory_estimate import check_run_fits, estimate_run_bytes
         from .model.config import get_config
 
+        _apply_prompt_file(args)
         _check_model_name(args.model)
         inputs = _input_paths(args)
         self.out = _io.check_output_path(
@@ -180,6 +215,8 @@ class _Plan:
         except ValueError as err:
             raise CommandError(f"--image-size {args.image_size}: {_one_line(err)}") from None
         self.image = read_stack(args.stack)
+        if args.prompt_file is not None and args.prompt_file.plane is not None:
+            self.image = _plane_of_prompt_file(args, self.image)
         self.prompts = _read_prompts(args, len(self.image.shape))
         options = _tracker_options(args)
         # Only the layout is worked out here; no frame is read.
@@ -201,7 +238,11 @@ class _Plan:
         self.object_ids = sorted({prompt.obj_id for prompt in self.prompts})
         self.label_dtype = _io.label_dtype_for(self.object_ids[-1])
         self.num_frames = self.frames.num_frames
-        self.start, self.total = _start_and_total(self.prompts, self.num_frames, args.direction)
+        self.start = start_frame((p.frame for p in self.prompts), args.direction)
+        if self.single:
+            self.total = 1
+        else:
+            self.total = plan_propagation(self.num_frames, self.start, args.direction).total
         check_run_fits(
             estimate_run_bytes(
                 image_size=config.image_size,
@@ -214,37 +255,36 @@ class _Plan:
         )
 
 
-def _start_and_total(prompts: list, num_frames: int, direction: str) -> tuple[int, int]:
-    """The frame propagation starts from, and how many frames it visits."""
-    frames = sorted({prompt.frame for prompt in prompts})
-    start = frames[-1] if direction == "backward" else frames[0]
-    if direction == "forward":
-        return start, num_frames - start
-    if direction == "backward":
-        return start, start + 1
-    return start, num_frames
+def _plane_of_prompt_file(args: argparse.Namespace, image):
+    """The frames a prompt file's plane reads (held axes fixed), with --axis and
+    --channel-axis set from the plane."""
+    from .engine.prompt_store import engine_axes
+
+    plane = args.prompt_file.plane
+    if tuple(image.shape[: len(plane.shape)]) != tuple(plane.shape):
+        raise CommandError(
+            f"{args.prompts} was made on an image of shape {tuple(plane.shape)}, but "
+            f"{args.stack} has shape {tuple(image.shape)}"
+        )
+    axes = engine_axes(plane)
+    args.axis = 0 if axes.axis is None else axes.axis
+    args.channel_axis = axes.channel_axis
+    return image[axes.index]
 
 
 def _run_segment(args: argparse.Namespace) -> int:
     plan = _Plan(args)  # every check before the slow part, so a typo fails at once
     model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
-    from .engine.labels import merge_logits
+    from .engine.session import label_frame
     from .engine.tracker import Tracker
 
     tracker = Tracker(model, plan.image, **_tracker_options(args), label_dtype=plan.label_dtype)
     height, width = tracker.frame_shape
     for prompt in plan.prompts:
-        tracker.set_prompts(
-            prompt.frame,
-            prompt.obj_id,
-            points=prompt.points if len(prompt.points) else None,
-            labels=prompt.labels if len(prompt.labels) else None,
-            box=prompt.box,
-        )
+        tracker.set_prompts(prompt.frame, prompt.obj_id, **prompt.engine_kwargs())
+    empty = np.zeros((height, width), dtype=plan.label_dtype)
     if plan.single:
-        labels = merge_logits(
-            tracker.frame_logits(0), shape=(height, width), dtype=plan.label_dtype
-        )
+        labels = label_frame(empty, tracker.frame_logits(0))
     else:
         # The one full copy of the result, in the final dtype; it is written slice by slice.
         labels = np.zeros((plan.num_frames, height, width), dtype=plan.label_dtype)
@@ -252,9 +292,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         try:
             with _ProgressBar(enabled=not args.quiet) as bar:
                 for frame, logits in tracker.propagate(plan.start, args.direction):
-                    labels[frame] = merge_logits(
-                        logits, shape=(height, width), dtype=plan.label_dtype
-                    )
+                    labels[frame] = label_frame(empty, logits)
                     finished.append(frame)
                     bar.update(len(finished), plan.total)
         except BaseException as error:
@@ -373,6 +411,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_segment_options(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("stack", help="image: .tif/.tiff, a .zarr folder (OME-Zarr) or .npy")
+    seg.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="the annotator's prompt file (Save prompts…): objects, clicks, boxes, masks, "
+        "plane and settings; options given here override its settings",
+    )
     seg.add_argument("--points", metavar="CSV", help="napari Points CSV (clicks)")
     seg.add_argument("--boxes", metavar="CSV", help="napari Shapes CSV (rectangles)")
     seg.add_argument("--out", required=True, metavar="TIF", help="output label TIFF")
@@ -380,7 +424,7 @@ def _add_segment_options(seg: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace --out if it exists (atomically)"
     )
     seg.add_argument(
-        "--model", default="sam2.1_hiera_tiny", help="preset name (default: %(default)s)"
+        "--model", default=None, help=f"preset name (default: {DEFAULT_MODEL})"
     )
     seg.add_argument(
         "--checkpoint",
@@ -389,6 +433,13 @@ def _add_segment_options(seg: argparse.ArgumentParser) -> None:
     )
     seg.add_argument("--image-size", type=int, metavar="N", help="network input size")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    seg.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default=None,
+        help="compute precision (default: auto: bfloat16 on CUDA and on CPUs that compute it "
+        "natively, float32 elsewhere)",
+    )
     seg.add_argument("--axis", type=int, default=0, help="tracked axis (default: 0)")
     seg.add_argument("--channel-axis", type=int, metavar="N", help="axis of channels, if any")
     seg.add_argument(

@@ -313,7 +313,7 @@ def test_adapters_never_import_qt():
     assert out.stdout.strip() == "[]"
 
 
-def test_save_and_load_prompts_round_trip_with_names_boxes_and_painted_masks(model, stack, tmp_path):
+def test_save_and_load_prompts_round_trip_with_names_boxes_and_masks(model, stack, tmp_path):
     viewer, a = make(model, stack)
     a.add_point([1, 30, 20])
     a.rename_object(1, "nucleus")
@@ -344,3 +344,27 @@ def test_save_and_load_prompts_round_trip_with_names_boxes_and_painted_masks(mod
     bad.write_text("{not json")
     assert not b.load_prompts(bad)
     assert "bad.sam2.json" in said(b)[-1]
+
+
+def test_the_cli_replays_the_prompt_file_to_the_same_labels(model, stack, tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_sam2 import cli
+
+    viewer, a = make(model, stack)
+    a.add_point([1, 30, 20])
+    a.new_object()
+    a.add_box([1, 10, 30], [1, 40, 60])
+    viewer.dims.set_current_step(0, 1)
+    a.propagate("both")
+    prompts = tmp_path / "cells.sam2.json"
+    assert a.save_prompts(prompts)
+    tifffile.imwrite(tmp_path / "cells.tif", stack)
+    monkeypatch.setattr(cli, "_build_model", lambda *args: model)
+    out = tmp_path / "labels.tif"
+    status = cli.main(
+        ["segment", str(tmp_path / "cells.tif"), "--prompts", str(prompts), "--out", str(out),
+         "--precision", "float32", "--device", "cpu", "-q"]
+    )  # fmt: skip
+    assert status == 0
+    np.testing.assert_array_equal(tifffile.imread(out), a.layers.labels.data)

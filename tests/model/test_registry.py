@@ -180,7 +180,7 @@ def test_unknown_preset_names_the_valid_ones():
         checkpoint_info("sam2_hiera_huge")
     for name in PRESET_NAMES:
         assert name in str(excinfo.value)
-    with pytest.raises(ValueError, match="Valid presets"):
+    with pytest.raises(ValueError, match="unknown SAM 2 model .* the presets are"):
         fetch_checkpoint("nope", cache="/nonexistent", progress=False)
 
 

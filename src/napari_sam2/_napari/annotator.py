@@ -20,17 +20,15 @@ only from the jobs' main-thread callbacks. Nothing here imports Qt.
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 from napari.layers import Image
-from napari.utils import progress
 from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..engine.session import DIRECTIONS
+from . import prompt_io, propagation
 from .geometry import SliceGeometry, current_frame, geometry_for
 from .history import History, Snapshot, Step
 from .jobs import Job, JobQueue, Runner, SyncRunner
@@ -38,14 +36,12 @@ from .layers import ImageLayers
 from .messages import failure_message
 from .model_loading import model_loading_job
 from .prompt_read import plane_key, read_prompts, source_of
-from .state import INTENSITY_MODES, AnnotatorState, ObjectInfo, Progress
+from .state import INTENSITY_MODES, AnnotatorState, ObjectInfo
 from .sync import NO_IMAGE, NO_MODEL, EngineLink, EngineSession
 from .writer import erase_object, next_free_id, write_frame
 
 __all__ = ["INTENSITY_MODES", "Annotator", "annotator_for"]
 
-#: Labels layer modes that change pixels.
-PAINT_MODES = ("paint", "erase", "fill", "polygon")
 #: One annotator (state and model) per viewer, so reopening the dock restores the session.
 _ANNOTATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -98,10 +94,12 @@ class Annotator:
         self.messages: list[tuple[str, str]] = []
         self.state = AnnotatorState()
         self.jobs = JobQueue(runner or SyncRunner(), self._set_busy)
-        self.engine = EngineLink(self.jobs, on_result=self._write_result, on_error=self._failed)
+        self.engine = EngineLink(
+            self.jobs, on_result=self._write_result, on_error=self.report_failure
+        )
         self._work: dict[int, _ImageWork] = {}
         self._warned: set[str] = set()
-        self._propagation: Job | None = None
+        self.propagation_job: Job | None = None
         self._shown: Image | None = None
         self.closed = False
         if restore is not None:
@@ -139,12 +137,12 @@ class Annotator:
         self.events.message(level=level, text=text)
         {"info": show_info, "warning": show_warning, "error": show_error}[level](text)
 
-    def _warn_once(self, text: str) -> None:
+    def warn_once(self, text: str) -> None:
         if text not in self._warned:
             self._warned.add(text)
             self.notify("warning", text)
 
-    def _failed(self, err: BaseException) -> None:
+    def report_failure(self, err: BaseException) -> None:
         if not self.closed:
             self.notify("error", failure_message(err))
 
@@ -213,14 +211,14 @@ class Annotator:
         )
 
     @property
-    def _current(self) -> _ImageWork | None:
+    def work(self) -> _ImageWork | None:
         image = self.state.image
         return None if image is None else self._work.get(id(image))
 
     @property
     def layers(self) -> ImageLayers | None:
         """The current image's layers (points, shapes, labels), or None."""
-        work = self._current
+        work = self.work
         return None if work is None else work.layers
 
     def _on_image(self, _event=None) -> None:
@@ -254,13 +252,13 @@ class Annotator:
         self.state.update(values)
         self.ensure_layers()
         work.layers.select_prompts()
-        work.snapshot = self._snapshot()
+        work.snapshot = self.snapshot()
         self.sync()
 
     def ensure_layers(self) -> bool:
         """Create the prompt layers and the output Labels layer of the image if missing; make
         sure there is a current object. False (after a message) without an image."""
-        work = self._current
+        work = self.work
         if work is None or work.layers.image not in self.viewer.layers:
             self.notify("error", NO_IMAGE)
             return False
@@ -309,7 +307,7 @@ class Annotator:
         """Index of the slice the viewer shows along the tracked axis."""
         return current_frame(self.viewer, self.state.image, self.geometry())
 
-    def _intensity_range(self) -> tuple[float, float] | None:
+    def intensity_range(self) -> tuple[float, float] | None:
         state = self.state
         if state.intensity == "contrast limits":
             lo, hi = state.image.contrast_limits
@@ -330,7 +328,7 @@ class Annotator:
         if state.image is None or state.image not in self.viewer.layers:
             raise ValueError(NO_IMAGE)
         return self.engine.session(
-            state.image, self.geometry(), self._intensity_range(), state.precision
+            state.image, self.geometry(), self.intensity_range(), state.precision
         )
 
     # ------------------------------------------------------------------ defaults and events
@@ -353,7 +351,7 @@ class Annotator:
                 layers.labels.selected_label = self.state.current_object
 
     def _on_current_object(self, _event=None) -> None:
-        work = self._current
+        work = self.work
         if work is not None:
             work.current = self.state.current_object
         self._refresh_defaults()
@@ -384,14 +382,14 @@ class Annotator:
         if self.closed:
             return
         if layer is self.state.image:
-            if self._propagation is not None:
+            if self.propagation_job is not None:
                 self.notify("warning", "The image layer was removed, so propagation stopped.")
             self.cancel()
             self.engine.drop(layer)
             self._work.pop(id(layer), None)
             self.state.image = None
             return
-        work = self._current
+        work = self.work
         if work is None:
             return
         if layer in (work.layers.points, work.layers.shapes):
@@ -408,13 +406,13 @@ class Annotator:
 
     def restore_layers(self) -> None:
         """Bring back deleted prompt layers with their prompts."""
-        if self._current is not None and not self.closed:
-            self._current.layers.ensure_prompt_layers()
-            self._current.snapshot = self._snapshot()
+        if self.work is not None and not self.closed:
+            self.work.layers.ensure_prompt_layers()
+            self.work.snapshot = self.snapshot()
 
     # ------------------------------------------------------------------ snapshots and undo
-    def _snapshot(self) -> Snapshot:
-        work = self._current
+    def snapshot(self) -> Snapshot:
+        work = self.work
         layers = work.layers
         return Snapshot(
             points=layers.content("points"),
@@ -424,16 +422,16 @@ class Annotator:
             current=self.state.current_object,
         )
 
-    def _record(self, name: str, before: Snapshot | None = None) -> Step:
+    def record_step(self, name: str, before: Snapshot | None = None) -> Step:
         """Record a step from the last snapshot (or ``before``) to now."""
-        work = self._current
-        before = before or work.snapshot or self._snapshot()
-        after = self._snapshot()
+        work = self.work
+        before = before or work.snapshot or self.snapshot()
+        after = self.snapshot()
         work.snapshot = after
         return work.history.push(Step(name, before, after))
 
-    def _apply(self, snapshot: Snapshot) -> None:
-        work = self._current
+    def restore_snapshot(self, snapshot: Snapshot) -> None:
+        work = self.work
         layers = work.layers
         layers.restore("points", snapshot.points)
         layers.restore("shapes", snapshot.shapes)
@@ -455,10 +453,10 @@ class Annotator:
         self._undo_redo(undo=False)
 
     def _undo_redo(self, *, undo: bool) -> None:
-        if self._propagation is not None:
+        if self.propagation_job is not None:
             self.notify("warning", "A propagation is running: press Cancel first, then undo.")
             return
-        work = self._current
+        work = self.work
         if work is None:
             return
 
@@ -476,7 +474,7 @@ class Annotator:
                     "warning",
                     "The Labels layer of that step was deleted; only its prompts are restored.",
                 )
-            self._apply(step.before if undo else step.after)
+            self.restore_snapshot(step.before if undo else step.after)
             self.sync(write=False)
             self.state.status = f"{'Undid' if undo else 'Redid'} {step.name}."
 
@@ -486,14 +484,14 @@ class Annotator:
     # ------------------------------------------------------------------ prompts
     def sync(self, *, write: bool = True, step: Step | None = None) -> None:
         """Send the engine every prompt group of the current plane that changed."""
-        work = self._current
+        work = self.work
         if self.closed or work is None or self.model is None:
             return
         try:
             session = self.session()
         except ValueError as err:
             if work.layers.alive(work.layers.points) and len(work.layers.points.data):
-                self._warn_once(str(err))
+                self.warn_once(str(err))
             return
         layers = work.layers
         image = session.image
@@ -510,9 +508,9 @@ class Annotator:
         }
         read = read_prompts(points, shapes, image, session.geometry, painted)
         for text in read.problems:
-            self._warn_once(text)
+            self.warn_once(text)
         if read.other_plane:
-            self._warn_once(
+            self.warn_once(
                 f"{read.other_plane} prompt(s) were made in another view orientation; they are "
                 "kept and used again when you return to it."
             )
@@ -530,11 +528,11 @@ class Annotator:
             )
 
     def _on_prompt_edit(self) -> None:
-        if self.closed or self._current is None:
+        if self.closed or self.work is None:
             return
-        step = self._record("prompt edit")
+        step = self.record_step("prompt edit")
         if self.model is None:
-            self._warn_once(NO_MODEL)
+            self.warn_once(NO_MODEL)
             return
         self.ensure_layers()
         self.sync(step=step)
@@ -546,15 +544,13 @@ class Annotator:
         defaults = self._defaults()
         if positive is not None:
             defaults["label"] = int(bool(positive))
-        self._current.layers.add_point(world_position, defaults)
+        self.work.layers.add_point(world_position, defaults)
 
     def add_box(self, world_a, world_b) -> None:
         """Add a rectangle between two opposite world corners (on one slice) as a box."""
         if not self.ensure_layers():
             return
-        self._current.layers.add_box(
-            world_a, world_b, self.geometry().frame_axes, self._defaults()
-        )
+        self.work.layers.add_box(world_a, world_b, self.geometry().frame_axes, self._defaults())
 
     def toggle_polarity(self) -> bool:
         """Switch whether new clicks are positive (True) or negative; returns the new state."""
@@ -562,8 +558,9 @@ class Annotator:
         return self.state.positive
 
     # ------------------------------------------------------------------ prompt files
-    def _read_current(self):
-        work = self._current
+    def read_prompts(self):
+        """A pure read of the current plane's prompts (:class:`~.prompt_read.PromptRead`)."""
+        work = self.work
         session = self.session()
         layers = work.layers
         image = session.image
@@ -574,88 +571,16 @@ class Annotator:
     def save_prompts(self, path, *, overwrite: bool = False) -> bool:
         """Write every object, the prompts of this plane and the settings to one prompt file
         (atomically); the command line replays it. False (after a message) on a problem."""
-        from ..engine.prompt_store import write_prompt_file
-        from .prompt_io import prompt_file_of
-
-        try:
-            read = self._read_current()
-            written = write_prompt_file(
-                path, prompt_file_of(self, read.prompts), overwrite=overwrite
-            )
-        except (ValueError, OSError) as err:
-            self.notify("error", f"Could not save the prompts: {err}")
-            return False
-        extra = ""
-        if read.other_plane:
-            extra = f" ({read.other_plane} of another orientation are not in it)"
-        self.notify(
-            "info",
-            f"Saved {len(read.prompts)} prompt group(s) of {len(self.state.objects)} object(s) "
-            f"to {written}{extra}.",
-        )
-        return True
+        return prompt_io.save_prompts(self, path, overwrite=overwrite)
 
     def load_prompts(self, path) -> bool:
         """Replace this image's objects and prompts with a prompt file's (one undo step)."""
-        import pandas as pd
-
-        from ..engine.prompt_store import read_prompt_file
-        from .layers import LayerContent, _point_features, _shape_features
-        from .prompt_io import prompts_to_layer_rows
-
-        work = self._current
-        try:
-            if work is None:
-                raise ValueError(NO_IMAGE)
-            loaded = read_prompt_file(path)
-            plane = loaded.plane
-            if plane is not None and tuple(plane.shape) != tuple(self.geometry().shape):
-                raise ValueError(
-                    f"{path} was made on an image of shape {tuple(plane.shape)}, but "
-                    f"{self.state.image.name!r} has shape {tuple(self.geometry().shape)}"
-                )
-            if plane is not None:
-                self.state.update(
-                    {"tracked_axis": plane.tracked_axis, "channel_axis": plane.channel_axis}
-                )
-            geometry = self.geometry()
-            if plane is not None and tuple(plane.frame_axes) != tuple(geometry.frame_axes):
-                raise ValueError(
-                    f"{path} holds prompts of the plane with axes {tuple(plane.frame_axes)}; "
-                    f"the viewer shows axes {tuple(geometry.frame_axes)}. Change the view "
-                    "(the axis order) to that plane and load again."
-                )
-        except (ValueError, OSError) as err:
-            self.notify("error", f"Could not load the prompts: {err}")
-            return False
-        points, point_rows, boxes, box_rows, masks = prompts_to_layer_rows(
-            loaded, geometry, plane_key(geometry)
-        )
-        ndim = geometry.ndim
-        point_features = pd.DataFrame(point_rows) if point_rows else _point_features()
-        box_features = pd.DataFrame(box_rows) if box_rows else _shape_features()
-        objects = tuple((o.obj_id, o.name or f"object {o.obj_id}") for o in loaded.objects)
-        snapshot = Snapshot(
-            points=LayerContent(np.asarray(points).reshape(-1, ndim), point_features),
-            shapes=LayerContent(boxes, box_features, ["rectangle"] * len(boxes)),
-            painted=masks,
-            objects=objects,
-            current=objects[0][0] if objects else None,
-        )
-        before = work.snapshot or self._snapshot()
-        self.ensure_layers()
-        self._apply(snapshot)
-        step = self._record("load prompts", before)
-        self.sync(step=step)
-        self.notify(
-            "info", f"Loaded {len(loaded.prompts)} prompt group(s) of {len(objects)} object(s)."
-        )
-        return True
+        return prompt_io.load_prompts(self, path)
 
     # ------------------------------------------------------------------ painting
     def _on_paint(self, atoms: list) -> None:
         """A brush stroke, fill or erase by the user: its slices become mask prompts."""
-        work = self._current
+        work = self.work
         if work is None or self.closed:
             return
         labels = work.layers.labels
@@ -664,29 +589,29 @@ class Annotator:
         except ValueError:
             return
         touched = _touched(atoms, geometry)
-        before = work.snapshot or self._snapshot()
+        before = work.snapshot or self.snapshot()
         objects = set(self.state.object_ids)
         for frame, ids in touched.items():
             frame_labels = np.asarray(labels.data[geometry.frame_slice(frame)])
             for obj_id in ids & objects:
                 work.painted[(obj_id, frame)] = frame_labels == obj_id
-        step = self._record("paint", before)
+        step = self.record_step("paint", before)
         step.add_label_step(labels)
         self.sync(write=False)
 
     # ------------------------------------------------------------------ objects
     def new_object(self) -> int:
         """Start a new object with an id used by no object and no painted label; select it."""
-        work = self._current
+        work = self.work
         labels = None if work is None else work.layers.labels
         if labels is not None and labels not in self.viewer.layers:
             labels = None
         obj_id = next_free_id(labels, set(self.state.object_ids))
-        before = None if work is None else (work.snapshot or self._snapshot())
+        before = None if work is None else (work.snapshot or self.snapshot())
         self.state.objects = (*self.state.objects, ObjectInfo(id=obj_id, name=f"object {obj_id}"))
         self.state.current_object = obj_id
         if work is not None and before is not None:
-            self._record("new object", before)
+            self.record_step("new object", before)
         return obj_id
 
     def select_object(self, obj_id: int) -> None:
@@ -704,8 +629,8 @@ class Annotator:
             ObjectInfo(id=o.id, name=name if o.id == obj_id else o.name)
             for o in self.state.objects
         )
-        if self._current is not None:
-            self._record("rename")
+        if self.work is not None:
+            self.record_step("rename")
 
     def delete_object(self, obj_id: int) -> None:
         """Remove ``obj_id``: its prompts, painted masks, engine state and pixels (undoable)."""
@@ -723,10 +648,10 @@ class Annotator:
         )
 
     def _clear(self, obj_id: int | None, *, frame: int | None, keep_object: bool) -> None:
-        work = self._current
+        work = self.work
         if work is None or obj_id is None or obj_id not in self.state.object_ids:
             return
-        before = work.snapshot or self._snapshot()
+        before = work.snapshot or self.snapshot()
         geometry = self.geometry()
         frame_of = None
         if frame is not None:
@@ -746,7 +671,7 @@ class Annotator:
             if self.state.current_object == obj_id:
                 self.state.current_object = remaining[-1].id if remaining else None
         name = "delete object" if not keep_object else ("clear slice" if frame else "clear object")
-        step = self._record(name, before)
+        step = self.record_step(name, before)
         labels = work.layers.labels
         session = None
         with contextlib.suppress(ValueError):
@@ -793,13 +718,13 @@ class Annotator:
                 logits,
                 masks=masks,
                 protect=context.get("protect", True),
-                refresh=self._shows(session, frame),
+                refresh=self.shows(session, frame),
             )
         step = context.get("step")
         if changed and step is not None:
             step.add_label_step(labels)
 
-    def _shows(self, session: EngineSession, frame: int) -> bool:
+    def shows(self, session: EngineSession, frame: int) -> bool:
         """Whether the viewer displays ``frame`` of ``session`` now (only that slice needs a
         redraw: each redraw uploads a texture)."""
         if self.state.image is not session.image:
@@ -827,150 +752,10 @@ class Annotator:
         the Labels layer as they come; the run is one undo step; a cancel keeps the slices
         written. Returns the job, or None after a message when it cannot start.
         """
-        state = self.state
-        direction = direction or state.direction
-        if direction not in DIRECTIONS:
-            raise ValueError(
-                f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}"
-            )
-        max_frames = state.max_frames if max_frames is None else max_frames
-        if self._propagation is not None:
+        if self.propagation_job is not None:
             self.notify("warning", "A propagation is already running; wait or press Cancel.")
             return None
-        if not self.ensure_layers():
-            return None
-        self.sync()
-        try:
-            session = self.session()
-        except ValueError as err:
-            self.notify("error", str(err))
-            return None
-        if session.geometry.num_frames <= 1:
-            self.notify(
-                "warning",
-                f"Image {session.image.name!r} is a single 2-D slice: there is nothing to "
-                "propagate to. Your mask is already complete; for a stack, open a 3-D or 4-D "
-                "image.",
-            )
-            return None
-        if not any(not p.empty for p in session.sent.values()):
-            self.notify(
-                "warning", "Nothing to propagate yet: click or draw a box on a slice first."
-            )
-            return None
-        start = self.current_frame() if start is None else start
-        plan = session.tracker.plan(start, direction, max_frames)
-        work = self._current
-        labels = work.layers.labels
-        painted = dict(work.painted)
-        protect = state.protect
-        step = self._record("propagation")
-        tracker = session.tracker
-        run: dict = {"written": 0}
-
-        def job_work():
-            frames = tracker.propagate(start, direction, max_frames)
-            try:
-                yield from frames
-            finally:
-                frames.close()
-
-        def keep_from_painting(_event=None) -> None:
-            if str(labels.mode) in PAINT_MODES:
-                labels.mode = "pan_zoom"
-                self._warn_once(
-                    "The labels cannot be painted while SAM 2 propagates; press Cancel to edit "
-                    "them now, or wait until it is done."
-                )
-
-        def on_start() -> None:
-            if labels not in self.viewer.layers:
-                raise ValueError("The output Labels layer is gone; press Propagate again.")
-            # A brush stroke must not join the propagation's undo step: no painting meanwhile.
-            # (Labels.editable = False would also wipe napari's undo history.)
-            labels.events.mode.connect(keep_from_painting)
-            keep_from_painting()
-            run["block"] = labels.block_history()
-            run["block"].__enter__()
-            run["bar"] = progress(total=plan.total, desc=f"SAM 2: propagating {direction}")
-            run["t0"] = time.perf_counter()
-            state.progress = Progress(done=0, total=plan.total)
-            state.status = f"Propagating {direction} from slice {start}…"
-
-        def on_yield(item) -> None:
-            frame, logits = item
-            if labels not in self.viewer.layers:
-                job.cancel()
-                run["lost"] = True
-                return
-            masks = {k[0]: m for k, m in painted.items() if k[1] == frame}
-            with work.layers.muted():
-                write_frame(
-                    labels, session.geometry, frame, logits, masks=masks, protect=protect,
-                    refresh=self._shows(session, frame),
-                )  # fmt: skip
-            run["written"] += 1
-            elapsed = time.perf_counter() - run["t0"]
-            per = elapsed / run["written"]
-            state.progress = Progress(
-                done=run["written"],
-                total=plan.total,
-                seconds_per_slice=per,
-                seconds_left=per * (plan.total - run["written"]),
-            )
-            # Last: napari's bar processes Qt events, which may finish the job meanwhile.
-            run["bar"].update(1)
-
-        def on_finish() -> None:
-            self._propagation = None
-            block = run.pop("block", None)
-            if block is not None:
-                with work.layers.muted():
-                    block.__exit__(None, None, None)
-                if run["written"]:
-                    step.add_label_step(labels)
-            with contextlib.suppress(Exception):
-                labels.events.mode.disconnect(keep_from_painting)
-            if "bar" in run:
-                run["bar"].close()
-            state.progress = None
-            done = run["written"]
-            seconds = time.perf_counter() - run.get("t0", time.perf_counter())
-            if run.get("lost"):
-                self.notify(
-                    "warning",
-                    "The output Labels layer was deleted, so propagation stopped; the slices it "
-                    "held went with it. Your prompts and objects are kept: press Propagate to "
-                    "write into a new Labels layer.",
-                )
-                state.status = "Propagation stopped: the Labels layer was deleted."
-            elif job.failed is not None:
-                state.status = f"Propagation failed after {done} of {plan.total} slices."
-            elif job.cancelled:
-                if not self.closed:
-                    self.notify(
-                        "info", f"Propagation cancelled; the {done} slice(s) written are kept."
-                    )
-                state.status = f"Propagation cancelled after {done} of {plan.total} slices."
-            else:
-                objects = len(state.objects)
-                summary = (
-                    f"Propagated {objects} object(s) through {done} slice(s) in {seconds:.1f} s."
-                )
-                state.status = summary
-                self.notify("info", summary)
-
-        job = Job(
-            "propagate",
-            job_work,
-            on_yield=on_yield,
-            on_error=self._failed,
-            on_finish=on_finish,
-            on_start=on_start,
-        )
-        self._propagation = job
-        self.jobs.submit(job)
-        return job
+        return propagation.start_propagation(self, direction, start, max_frames)
 
     def cancel(self) -> None:
         """Stop the running propagation or model load at the next slice; written slices are
@@ -978,7 +763,7 @@ class Annotator:
         running = self.jobs.running
         if running is not None and running.name in ("propagate", "load model"):
             running.cancel()
-        job = self._propagation
+        job = self.propagation_job
         if job is not None:
             job.cancel()
             self.jobs.withdraw(job)
@@ -990,12 +775,12 @@ class Annotator:
         if self.closed:
             return
         self.closed = True
-        work = self._current
+        work = self.work
         if work is not None:
             work.objects, work.current = self.state.objects, self.state.current_object
         self.jobs.close(timeout)
-        if self._propagation is not None:
-            self._propagation.deliver_finish()
+        if self.propagation_job is not None:
+            self.propagation_job.deliver_finish()
         with contextlib.suppress(Exception):
             self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
             self.viewer.dims.events.order.disconnect(self._on_view_changed)

@@ -77,7 +77,7 @@ def _transform(image: Image) -> dict:
     return {"scale": image.scale, "translate": image.translate, "affine": image.affine}
 
 
-def _point_features() -> pd.DataFrame:
+def point_features() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "object": pd.Series([], dtype=np.int64),
@@ -87,7 +87,7 @@ def _point_features() -> pd.DataFrame:
     )
 
 
-def _shape_features() -> pd.DataFrame:
+def shape_features() -> pd.DataFrame:
     return pd.DataFrame(
         {"object": pd.Series([], dtype=np.int64), "plane": pd.Series([], dtype=object)}
     )
@@ -161,7 +161,7 @@ class ImageLayers:
             self.shapes = Shapes(
                 ndim=image.ndim,
                 name=f"{image.name} SAM 2 boxes",
-                features=_shape_features(),
+                features=shape_features(),
                 face_color=[0, 0, 0, 0],
                 edge_width=max(1.0, min(image.data.shape[-2:]) / 200.0),
                 **_transform(image),
@@ -172,7 +172,7 @@ class ImageLayers:
             self.points = Points(
                 np.empty((0, image.ndim)),
                 name=f"{image.name} SAM 2 points",
-                features=_point_features(),
+                features=point_features(),
                 face_color=POSITIVE_COLOUR,
                 border_color="white",
                 border_width=0.15,
@@ -284,7 +284,7 @@ class ImageLayers:
         if content is None:
             content = LayerContent(
                 [] if role == "shapes" else np.empty((0, self.image.ndim)),
-                _shape_features() if role == "shapes" else _point_features(),
+                shape_features() if role == "shapes" else point_features(),
                 [],
             )
         if not self.alive(layer):

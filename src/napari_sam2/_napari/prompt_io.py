@@ -9,11 +9,22 @@ and objects with the file's, as one undoable step.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ..engine.prompt_store import ObjectRecord, Plane, PromptFile
+from ..engine.prompt_store import (
+    ObjectRecord,
+    Plane,
+    PromptFile,
+    read_prompt_file,
+    write_prompt_file,
+)
 from .geometry import SliceGeometry
+from .history import Snapshot
+from .layers import LayerContent, point_features, shape_features
+from .prompt_read import plane_key
+from .sync import NO_IMAGE
 
-__all__ = ["plane_of", "prompt_file_of", "prompts_to_layer_rows"]
+__all__ = ["load_prompts", "plane_of", "prompt_file_of", "prompts_to_layer_rows", "save_prompts"]
 
 
 def plane_of(geometry: SliceGeometry) -> Plane:
@@ -44,7 +55,7 @@ def prompt_file_of(annotator, prompts: dict) -> PromptFile:
         "model": state.model_name,
         "checkpoint": state.checkpoint.strip() or None,
         "image_size": state.image_size,
-        "intensity_range": None if mode == "auto" else list(annotator._intensity_range()),
+        "intensity_range": None if mode == "auto" else list(annotator.intensity_range()),
         "intensity_mode": mode,
         "precision": state.precision,
     }
@@ -85,3 +96,76 @@ def prompts_to_layer_rows(prompt_file: PromptFile, geometry: SliceGeometry, plan
             boxes.append(np.array([position(prompt.frame, r, c) for r, c in corners]))
             box_rows.append({"object": prompt.obj_id, "plane": plane_key})
     return points, point_rows, boxes, box_rows, masks
+
+
+def save_prompts(annotator, path, *, overwrite: bool = False) -> bool:
+    """See :meth:`Annotator.save_prompts`."""
+    try:
+        read = annotator.read_prompts()
+        written = write_prompt_file(
+            path, prompt_file_of(annotator, read.prompts), overwrite=overwrite
+        )
+    except (ValueError, OSError) as err:
+        annotator.notify("error", f"Could not save the prompts: {err}")
+        return False
+    extra = ""
+    if read.other_plane:
+        extra = f" ({read.other_plane} of another orientation are not in it)"
+    annotator.notify(
+        "info",
+        f"Saved {len(read.prompts)} prompt group(s) of {len(annotator.state.objects)} object(s) "
+        f"to {written}{extra}.",
+    )
+    return True
+
+
+def load_prompts(annotator, path) -> bool:
+    """See :meth:`Annotator.load_prompts`."""
+    work = annotator.work
+    try:
+        if work is None:
+            raise ValueError(NO_IMAGE)
+        loaded = read_prompt_file(path)
+        plane = loaded.plane
+        if plane is not None and tuple(plane.shape) != tuple(annotator.geometry().shape):
+            raise ValueError(
+                f"{path} was made on an image of shape {tuple(plane.shape)}, but "
+                f"{annotator.state.image.name!r} has shape {tuple(annotator.geometry().shape)}"
+            )
+        if plane is not None:
+            annotator.state.update(
+                {"tracked_axis": plane.tracked_axis, "channel_axis": plane.channel_axis}
+            )
+        geometry = annotator.geometry()
+        if plane is not None and tuple(plane.frame_axes) != tuple(geometry.frame_axes):
+            raise ValueError(
+                f"{path} holds prompts of the plane with axes {tuple(plane.frame_axes)}; "
+                f"the viewer shows axes {tuple(geometry.frame_axes)}. Change the view "
+                "(the axis order) to that plane and load again."
+            )
+    except (ValueError, OSError) as err:
+        annotator.notify("error", f"Could not load the prompts: {err}")
+        return False
+    points, point_rows, boxes, box_rows, masks = prompts_to_layer_rows(
+        loaded, geometry, plane_key(geometry)
+    )
+    ndim = geometry.ndim
+    point_table = pd.DataFrame(point_rows) if point_rows else point_features()
+    box_table = pd.DataFrame(box_rows) if box_rows else shape_features()
+    objects = tuple((o.obj_id, o.name or f"object {o.obj_id}") for o in loaded.objects)
+    snapshot = Snapshot(
+        points=LayerContent(np.asarray(points).reshape(-1, ndim), point_table),
+        shapes=LayerContent(boxes, box_table, ["rectangle"] * len(boxes)),
+        painted=masks,
+        objects=objects,
+        current=objects[0][0] if objects else None,
+    )
+    before = work.snapshot or annotator.snapshot()
+    annotator.ensure_layers()
+    annotator.restore_snapshot(snapshot)
+    step = annotator.record_step("load prompts", before)
+    annotator.sync(step=step)
+    annotator.notify(
+        "info", f"Loaded {len(loaded.prompts)} prompt group(s) of {len(objects)} object(s)."
+    )
+    return True

@@ -12,10 +12,15 @@ import torch
 from torch.nn import functional as F
 
 from .objects import EncodedPrompt
-from .session import inside_frame
+from .session import MASK_THRESHOLD, inside_frame, mask_to_bool
 
-#: Float masks (probabilities, soft masks) are foreground where the value is at least this.
-MASK_THRESHOLD = 0.5
+__all__ = [
+    "MASK_THRESHOLD",
+    "mask_to_bool",
+    "validate_frame_index",
+    "validate_object_id",
+    "validate_prompt",
+]
 
 
 def validate_frame_index(frame, num_frames: int) -> int:
@@ -46,21 +51,6 @@ def validate_object_id(obj_id, label_dtype: np.dtype | type | None = None) -> in
                 f"(largest id {limit}); use smaller ids or a wider label dtype"
             )
     return int(obj_id)
-
-
-def mask_to_bool(mask) -> np.ndarray:
-    """A mask prompt as bool: bool as is, integers where non-zero, floats where
-    >= :data:`MASK_THRESHOLD` (0.5). ValueError for NaN, or a dtype that is not a number."""
-    array = np.asarray(mask)
-    if array.dtype == bool:
-        return array
-    if array.dtype.kind in "iu":
-        return array != 0
-    if array.dtype.kind == "f":
-        if np.isnan(array).any():
-            raise ValueError("the mask contains NaN; give a bool mask or numbers in [0, 1]")
-        return array >= MASK_THRESHOLD
-    raise ValueError(f"a mask must be bool, integer or float, got dtype {array.dtype}")
 
 
 def _as_points(points, labels, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,16 +23,21 @@ import numpy as np
 
 __all__ = [
     "DIRECTIONS",
+    "MASK_THRESHOLD",
     "OVERLAP_POLICY",
     "PropagationPlan",
     "Prompt",
     "group_prompts",
     "inside_frame",
     "label_frame",
+    "mask_to_bool",
     "plan_propagation",
     "rowcol_to_xy",
     "start_frame",
 ]
+
+#: A float mask prompt is foreground where it is at least this.
+MASK_THRESHOLD = 0.5
 
 #: Propagation directions, the default first.
 DIRECTIONS = ("both", "forward", "backward")
@@ -104,7 +109,7 @@ class Prompt:
         if self.box is not None:
             self.box = np.asarray(self.box, dtype=np.float64).reshape(4)
         if self.mask is not None:
-            self.mask = np.asarray(self.mask).astype(bool, copy=False)
+            self.mask = mask_to_bool(self.mask)
             if self.mask.ndim != 2:
                 raise ValueError(
                     f"Prompt on frame {self.frame}, object {self.obj_id}: a mask must be "
@@ -154,6 +159,21 @@ class Prompt:
             "box": None if self.box is None else self.box.astype(np.float32),
             "mask": None,
         }
+
+
+def mask_to_bool(mask) -> np.ndarray:
+    """A mask prompt as bool: bool as is, integers where non-zero, floats where
+    >= :data:`MASK_THRESHOLD` (0.5). ValueError for NaN, or a dtype that is not a number."""
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array
+    if array.dtype.kind in "iu":
+        return array != 0
+    if array.dtype.kind == "f":
+        if np.isnan(array).any():
+            raise ValueError("the mask contains NaN; give a bool mask or numbers in [0, 1]")
+        return array >= MASK_THRESHOLD
+    raise ValueError(f"a mask must be bool, integer or float, got dtype {array.dtype}")
 
 
 def _whole(value, name: str) -> int:

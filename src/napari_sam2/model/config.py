@@ -116,11 +116,17 @@ PRESETS: dict[str, SAM2Config] = _presets()
 PRESET_NAMES: list[str] = list(PRESETS)
 
 
+def unknown_preset(name: object) -> ValueError:
+    """The one error for a name that is not a preset (the model, the registry and the CLI)."""
+    return ValueError(
+        f"unknown SAM 2 model {name!r}; the presets are {', '.join(PRESET_NAMES)} "
+        "(napari-sam2 models lists them)"
+    )
+
+
 def get_config(name: str, image_size: int | None = None) -> SAM2Config:
     """The preset called ``name``, optionally at another input size."""
     if name not in PRESETS:
-        raise ValueError(
-            f"unknown SAM 2 preset {name!r}; choose one of: {', '.join(PRESET_NAMES)}"
-        )
+        raise unknown_preset(name)
     config = PRESETS[name]
     return config if image_size is None else config.with_image_size(image_size)

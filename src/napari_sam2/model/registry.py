@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pooch
 
+from .config import unknown_preset
+
 __all__ = [
     "CACHE_ENV_VAR",
     "DOWNLOAD_TIMEOUT_ENV_VAR",
@@ -171,9 +173,7 @@ def checkpoint_info(name: str) -> CheckpointInfo:
     try:
         return _BY_NAME[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown SAM 2 preset {name!r}. Valid presets are: {', '.join(PRESET_NAMES)}."
-        ) from None
+        raise unknown_preset(name) from None
 
 
 def cache_dir() -> Path:
