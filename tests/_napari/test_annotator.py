@@ -28,6 +28,7 @@ def make(model, data, **image_kwargs):
     image = viewer.add_image(data, name="cells", **image_kwargs)
     a = Annotator(viewer)
     a.state.precision = "float32"  # the engine alone below runs in float32 too
+    a.state.prefetch = False  # inline, it would compute every neighbour after each click
     a.set_model(model)
     a.state.image = image
     return viewer, a
@@ -232,7 +233,7 @@ def test_4d_tracks_t_and_holds_z(model):
     viewer.dims.set_current_step(0, 1)
     viewer.dims.set_current_step(1, 1)
     a = Annotator(viewer)
-    a.state.precision = "float32"
+    a.state.update({"precision": "float32", "prefetch": False})
     a.set_model(model)
     a.state.image = image
     assert [text for text, _ in a.axis_choices()] == ["-4 (4)", "-3 (3)"]  # as the sliders
@@ -265,6 +266,7 @@ def test_prompts_made_before_a_model_are_segmented_once_it_loads(stack, model):
     viewer = ViewerModel()
     image = viewer.add_image(stack)
     a = Annotator(viewer)
+    a.state.prefetch = False
     a.state.image = image
     a.add_point([2, 30, 20])
     assert any("No SAM 2 model" in text for text in said(a, "warning"))

@@ -40,7 +40,7 @@ class SlowStack:
         return block
 
 
-def dock(viewer, model=None, precision="float32"):
+def dock(viewer, model=None, precision="float32", prefetch=False):
     from qtpy.QtWidgets import QApplication
 
     widget = AnnotatorWidget(viewer)
@@ -48,6 +48,7 @@ def dock(viewer, model=None, precision="float32"):
     for _ in range(5):  # let the dock settle and the canvas take its new size
         QApplication.processEvents()
         time.sleep(0.02)
+    widget.state.prefetch = prefetch
     if model is not None:
         widget.state.precision = precision
         widget.annotator.set_model(model)
@@ -319,3 +320,27 @@ def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, model, 
     qtbot.waitUntil(lambda: len(frames_with(a.layers.labels)) >= 2, timeout=TIMEOUT_MS)
     viewer.close()
     assert a.closed and job.finished, "the worker was still running after the viewer closed"
+
+
+def test_idle_prefetch_prepares_neighbours_and_yields_to_a_click(user, model, stack, qtbot):
+    viewer = user.viewer
+    slow = SlowStack(stack, delay=0.5)
+    viewer.add_image(slow.array, name="slow")
+    widget = dock(viewer, model, prefetch=True)
+    a = widget.annotator
+    assert "float32" in widget.model_status.value, "the dock shows the precision in use"
+    viewer.dims.set_current_step(0, 2)
+    tracker = a.session().tracker
+    qtbot.waitUntil(lambda: {1, 2, 3} <= set(tracker.features.keys()), timeout=TIMEOUT_MS)
+    # A click while neighbours are still being prepared waits for one slice at most.
+    slow.slow = True
+    viewer.dims.set_current_step(0, 0)
+    qtbot.waitUntil(lambda: a.jobs.running is not None, timeout=TIMEOUT_MS)
+    start = time.perf_counter()
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget) and frames_with(a.layers.labels) == {0},
+                    timeout=TIMEOUT_MS)  # fmt: skip
+    assert time.perf_counter() - start < 4 * 0.5 + 3.0
+    assert widget.cancel_button.isEnabled() is False, "prefetch never makes the dock busy"
+    widget.prefetch.value = False
+    assert not widget.state.prefetch

@@ -28,6 +28,7 @@ from napari.layers import Image
 from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..engine.precision import precision_name, resolve_precision
 from . import prompt_io, propagation
 from .geometry import SliceGeometry, current_frame, geometry_for
 from .history import History, Snapshot, Step
@@ -100,6 +101,7 @@ class Annotator:
         self._work: dict[int, _ImageWork] = {}
         self._warned: set[str] = set()
         self.propagation_job: Job | None = None
+        self._model_name = "SAM 2"
         self._shown: Image | None = None
         self.closed = False
         if restore is not None:
@@ -108,6 +110,7 @@ class Annotator:
         for name in ("tracked_axis", "channel_axis", "intensity", "fixed_range", "precision"):
             getattr(self.state.events, name).connect(self._on_reading_settings)
         self.state.events.current_object.connect(self._on_current_object)
+        self.state.events.precision.connect(self._describe_model)
         self.state.events.positive.connect(self._refresh_defaults)
         viewer.layers.events.removed.connect(self._on_layer_removed)
         viewer.dims.events.order.connect(self._on_view_changed)
@@ -119,6 +122,7 @@ class Annotator:
     def _adopt(self, old: Annotator) -> None:
         """Carry a closed annotator's model, state and per-image work over to this one."""
         self.engine.model = old.engine.model
+        self._model_name = old._model_name
         values = {name: getattr(old.state, name) for name in old.state.__fields__}
         values.update(busy=False, progress=None)
         if values["image"] is not None and values["image"] not in self.viewer.layers:
@@ -156,12 +160,26 @@ class Annotator:
 
     def set_model(self, model, name: str | None = None) -> None:
         """Use ``model`` (a built SAM 2 network) from now on; prompts are segmented with it."""
+        self.jobs.stop_background()
         self.engine.model = model
         self.engine.drop()
         name = name or getattr(getattr(model, "config", None), "name", None) or "SAM 2"
-        self.state.loaded = f"{name} on {model.device}"
+        self._model_name = name
+        self._describe_model()
         self.state.status = f"Model {self.state.loaded}."
         self.sync()
+        self.prefetch()
+
+    def _describe_model(self, _event=None) -> None:
+        """``state.loaded``: the model, its device and the precision it computes in."""
+        model = self.model
+        if model is None:
+            return
+        try:
+            precision = precision_name(resolve_precision(self.state.precision, model.device))
+        except ValueError as err:
+            precision = f"precision not available: {err}"
+        self.state.loaded = f"{self._model_name} on {model.device}, {precision}"
 
     def load_model(self) -> Job:
         """Load the model the state names (preset, or ``checkpoint`` file) in the background."""
@@ -226,6 +244,7 @@ class Annotator:
 
     def _enter_image(self, *, reset_axes: bool) -> None:
         """Show the chosen image's objects and layers (after the state's image changed)."""
+        self.jobs.stop_background()
         raw = _unwrapped(self.state.image)
         if raw is not self.state.image:
             self.state.image = raw  # comes back here with the layer itself
@@ -254,6 +273,7 @@ class Annotator:
         work.layers.select_prompts()
         work.snapshot = self.snapshot()
         self.sync()
+        self.prefetch()
 
     def ensure_layers(self) -> bool:
         """Create the prompt layers and the output Labels layer of the image if missing; make
@@ -357,8 +377,10 @@ class Annotator:
         self._refresh_defaults()
 
     def _on_reading_settings(self, _event=None) -> None:
+        self.jobs.stop_background()
         if self.state.image is not None and not self.closed:
             self.sync()
+            self.prefetch()
 
     def _on_view_changed(self, _event=None) -> None:
         if self.closed or self.state.image is None:
@@ -367,15 +389,20 @@ class Annotator:
         self.sync()
 
     def _on_step(self, _event=None) -> None:
-        if self.closed or self.state.image is None or self.model is None or self.jobs.busy:
+        self.prefetch()
+
+    def prefetch(self) -> None:
+        """Prepare the current slice and its neighbours while idle (if ``state.prefetch``)."""
+        if self.closed or not self.state.prefetch or self.state.image is None:
+            return
+        if self.model is None:
             return
         try:
             session = self.session()
             frame = self.current_frame()
         except ValueError:
             return
-        if session.tracker.features.get(frame) is None:
-            self.engine.prepare(session, frame)
+        self.engine.prefetch(session, frame)
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -536,6 +563,7 @@ class Annotator:
             return
         self.ensure_layers()
         self.sync(step=step)
+        self.prefetch()
 
     def add_point(self, world_position, positive: bool | None = None) -> None:
         """Add a click at ``world_position`` (full world coordinates) for the current object."""

@@ -57,6 +57,9 @@ class Job:
         on_start: main-thread callback a :class:`JobQueue` calls just before the work starts;
             an exception from it goes to ``on_error`` and the work never runs.
         key: jobs with equal non-None keys replace each other while queued.
+        background: work done while nothing else is asked for (preparing neighbouring
+            slices): it waits behind every other job, stops at its next yield as soon as one
+            is submitted, and does not make the queue busy.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Job:
     on_finish: Callable[[], None] = _ignore
     on_start: Callable[[], None] = _ignore
     key: object = None
+    background: bool = False
     cancelled: bool = False
     failed: BaseException | None = None
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -180,12 +184,30 @@ class JobQueue:
         self.running: Job | None = None
         self.closed = False
         self._on_busy = on_busy
+        self._was_busy = False
         self._queue: deque[Job] = deque()
+        self._background: deque[Job] = deque()
 
     @property
     def busy(self) -> bool:
-        """Whether a job is running or queued."""
-        return self.running is not None or bool(self._queue)
+        """Whether a job other than background work is running or queued."""
+        running = self.running is not None and not self.running.background
+        return running or bool(self._queue)
+
+    def _tell_busy(self) -> None:
+        busy = self.busy
+        if busy != self._was_busy:
+            self._was_busy = busy
+            self._on_busy(busy)
+
+    def stop_background(self) -> None:
+        """Drop queued background work and stop the running one at its next yield."""
+        for job in list(self._background):
+            self._background.remove(job)
+            job.cancel()
+            job.deliver_finish()
+        if self.running is not None and self.running.background:
+            self.running.cancel()
 
     @property
     def queued(self) -> list[Job]:
@@ -194,32 +216,37 @@ class JobQueue:
     def submit(self, job: Job) -> None:
         if self.closed:
             return
+        queue = self._background if job.background else self._queue
         if job.key is not None:
             # The older request goes and the newer one waits at the end, so jobs still run in
             # the order their requests were made (the undo history relies on it).
-            for queued in [q for q in self._queue if q.key == job.key]:
+            for queued in [q for q in queue if q.key == job.key]:
                 self.withdraw(queued)
-        self._queue.append(job)
+        if not job.background:
+            self.stop_background()
+        queue.append(job)
+        self._tell_busy()
         if self.running is None:
-            self._on_busy(True)
             self._start_next()
 
     def withdraw(self, job: Job) -> bool:
         """Take ``job`` out of the queue before it starts, finishing it; False when it is not
         queued."""
-        if job not in self._queue:
+        queue = self._background if job in self._background else self._queue
+        if job not in queue:
             return False
-        self._queue.remove(job)
+        queue.remove(job)
         job.cancel()
         job.deliver_finish()
         return True
 
     def _start_next(self) -> None:
         while self.running is None and not self.closed:
-            if not self._queue:
-                self._on_busy(False)
+            self._tell_busy()
+            queue = self._queue or self._background
+            if not queue:
                 return
-            job = self._queue.popleft()
+            job = queue.popleft()
             self.running = job
             original_finish = job.on_finish
 
@@ -254,9 +281,10 @@ class JobQueue:
         """Cancel every job and accept no more; on the main thread, wait up to ``timeout``
         seconds for the running job's work to leave its thread."""
         running = self.running
-        for job in list(self._queue):
+        for job in [*self._queue, *self._background]:
             job.cancel()
         self._queue.clear()
+        self._background.clear()
         if running is not None:
             running.cancel()
         self.closed = True

@@ -53,6 +53,7 @@ class AnnotatorState(EventedModel):
             once loaded, ``loaded`` describes it ("sam2.1_hiera_tiny on cpu, float32").
         positive: the polarity of the next plain click (Shift+click flips one click).
         protect: masks never overwrite labels of other objects or painted by hand.
+        prefetch: prepare the neighbouring slices' features while idle.
         objects: the objects in creation order; ``current_object`` gets new prompts.
         direction / max_frames: propagation settings (max_frames per direction, None: all).
         status: one line saying what the annotator does or last did.
@@ -73,6 +74,7 @@ class AnnotatorState(EventedModel):
     loaded: str = ""
     positive: bool = True
     protect: bool = True
+    prefetch: bool = True
     objects: tuple[ObjectInfo, ...] = ()
     current_object: int | None = None
     direction: str = "both"

@@ -20,7 +20,7 @@ from ..engine.tracker import Tracker
 from .geometry import SliceGeometry, layer_array
 from .jobs import Job, JobQueue
 
-__all__ = ["NO_IMAGE", "NO_MODEL", "EngineLink", "EngineSession"]
+__all__ = ["NO_IMAGE", "NO_MODEL", "EngineLink", "EngineSession", "nearest_frames"]
 
 NO_IMAGE = (
     "No image layer to segment. Open an image (File > Open, or File > Open Sample > "
@@ -29,6 +29,17 @@ NO_IMAGE = (
 NO_MODEL = "No SAM 2 model is loaded yet. Choose a model and press 'Load model', then try again."
 #: Trackers kept for other planes or settings, so switching back keeps their cached features.
 KEPT_SESSIONS = 3
+#: Neighbouring slices prepared at most while the annotator is idle.
+MAX_PREFETCH = 6
+
+
+def nearest_frames(frame: int, num_frames: int):
+    """``frame``, then its neighbours by distance: +1, -1, +2, -2, ... within the stack."""
+    yield frame
+    for distance in range(1, num_frames):
+        for other in (frame + distance, frame - distance):
+            if 0 <= other < num_frames:
+                yield other
 
 
 @dataclass(eq=False)
@@ -148,6 +159,31 @@ class EngineLink:
             yield frame
 
         self.jobs.submit(Job("prepare", work, on_error=self._on_error, key="prepare"))
+
+    def prefetch(self, session: EngineSession, frame: int, *, limit: int = MAX_PREFETCH) -> None:
+        """While nothing else runs, compute the features of ``frame`` and its neighbours,
+        nearest first (frame, +1, -1, +2, -2, ...), as many as the feature cache holds beside
+        ``frame`` (at most ``limit`` neighbours). Any other job stops it at the next slice."""
+        tracker = session.tracker
+        cache = tracker.features
+
+        def work():
+            done = 0
+            for other in nearest_frames(frame, tracker.num_frames):
+                if other in cache:
+                    continue
+                # Room for the slice the user is on and what is prefetched, no more: the
+                # cache must not evict the features the next click needs.
+                per_frame = cache.nbytes / max(len(cache), 1)
+                room = int(cache.max_bytes // per_frame) - 1 if per_frame else limit
+                if done >= min(limit, room):
+                    return
+                tracker.prepare(other)
+                done += 1
+                yield other
+
+        job = Job("prefetch", work, key="prefetch", background=True)
+        self.jobs.submit(job)
 
     def _submit(self, session, key, prompt: Prompt | None, context, write: bool) -> None:
         obj_id, frame = key

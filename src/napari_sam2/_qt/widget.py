@@ -94,6 +94,7 @@ class AnnotatorWidget(QWidget):
         self.device = ComboBox(label="Device", choices=available_devices())
         self.image_size = SpinBox(label="Input size", min=0, max=4096, step=32)
         self.image_size.tooltip = "0 keeps the preset's size (1024)"
+        self.image_size.native.setSpecialValueText("preset (1024)")
         self.precision = ComboBox(label="Precision", choices=list(PRECISIONS))
         self.load_button = PushButton(text="Load model")
         self.model_status = Label(value=state.status)
@@ -142,7 +143,8 @@ class AnnotatorWidget(QWidget):
         objects_layout.addLayout(row)
         self.negative = CheckBox(text="Clicks are negative (G; Shift+click flips one)")
         self.protect = CheckBox(text="Never overwrite other labels")
-        self.object_options = Container(widgets=[self.negative, self.protect])
+        self.prefetch = CheckBox(text="Prepare neighbouring slices while idle")
+        self.object_options = Container(widgets=[self.negative, self.protect, self.prefetch])
         objects_layout.addWidget(self.object_options.native)
         layout.addWidget(objects_box)
 
@@ -196,6 +198,7 @@ class AnnotatorWidget(QWidget):
             bind(self.negative, state, "positive", to_widget=lambda v: not v,
                  to_state=lambda v: not v),
             bind(self.protect, state, "protect"),
+            bind(self.prefetch, state, "prefetch"),
             bind(self.direction, state, "direction"),
             bind(self.max_frames, state, "max_frames", to_widget=_zero_if_none,
                  to_state=_none_if_zero),
