@@ -117,6 +117,8 @@ class FakeTracker:
         FakeTracker.instances.append(self)
 
     num_frames = property(lambda self: self.shape[0] if len(self.shape) == 3 else 1)
+    object_ids = property(lambda self: self.ids)
+    model = type("Model", (), {"image_size": 256})()
     frame_shape = property(lambda self: self.shape[-2:])
 
     def _logits(self, obj_id):
@@ -211,3 +213,14 @@ def test_segment_single_image(model):
 def test_segment_prompt_outside_stack(model):
     with pytest.raises(ValueError, match="frame 9, but the stack has 4 frames"):
         segment(disc_stack(), points=[[9, *CENTRE]], model=model)
+
+
+def test_segment_refuses_a_run_whose_labels_would_not_fit(monkeypatch):
+    import napari_sam2.engine.memory_estimate as estimate
+
+    monkeypatch.setattr("napari_sam2.engine.tracker.Tracker", FakeTracker)
+    stack = np.zeros((50, 1000, 1000), dtype=np.uint8)  # labels: 50 x 1000 x 1000 x 4 B = 200 MB
+    state = estimate.estimate_propagation_bytes(256, 1, 50)
+    monkeypatch.setattr(estimate, "available_host_bytes", lambda: int((state + 50e6) / 0.8))
+    with pytest.raises(estimate.InsufficientMemory, match="needs about"):
+        segment(stack, points=[[0, 5, 5]], model=torch.nn.Identity())

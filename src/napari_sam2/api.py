@@ -133,6 +133,7 @@ def segment(
             "(frame, row0, col0, row1, col1), or prompts=[Prompt, ...]"
         )
 
+    from .engine.memory_estimate import check_propagation_fits
     from .engine.tracker import Tracker
 
     network = _network(model, checkpoint, image_size, device)
@@ -160,9 +161,12 @@ def segment(
             progress(1, 1)
         return result
 
-    result = np.zeros((tracker.num_frames, height, width), dtype=np.uint32)
     start = start_frame((p.frame for p in prompt_list), direction)
     total = tracker.plan(start, direction, max_frames).total
+    # The returned labels count too: refuse a run that would not fit before allocating them.
+    labels_bytes = tracker.num_frames * height * width * np.dtype(np.uint32).itemsize
+    check_propagation_fits(tracker, total, extra_bytes=labels_bytes)
+    result = np.zeros((tracker.num_frames, height, width), dtype=np.uint32)
     frames = tracker.propagate(start, direction, max_frames)
     for done, (frame, logits) in enumerate(frames, start=1):
         result[frame] = label_frame(empty, logits)
