@@ -93,9 +93,14 @@ def click_data(user, layer, row, col, **kwargs):
 
 
 def test_plugin_menu_widget_sample_and_the_form(make_napari_viewer):
+    import warnings
+
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sam2", "demo_stack")
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 annotator")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 annotator")
+    assert not [w for w in caught if "private" in str(w.message)], "no private-API warnings"
     assert isinstance(widget, AnnotatorWidget)
     image = viewer.layers["SAM 2 demo stack"]
     assert widget.image_picker.value is image and widget.state.image is image
@@ -344,3 +349,27 @@ def test_idle_prefetch_prepares_neighbours_and_yields_to_a_click(user, model, st
     assert widget.cancel_button.isEnabled() is False, "prefetch never makes the dock busy"
     widget.prefetch.value = False
     assert not widget.state.prefetch
+
+
+def test_deleting_the_labels_layer_mid_run_says_what_went(user, model, stack, qtbot):
+    viewer = user.viewer
+    slow = SlowStack(stack)
+    viewer.add_image(slow.array, name="slow")
+    widget = dock(viewer, model)
+    a = widget.annotator
+    viewer.dims.set_current_step(0, 0)
+    click_data(user, a.layers.points, 30, 20)
+    qtbot.waitUntil(lambda: idle(widget) and a.layers.labels is not None, timeout=TIMEOUT_MS)
+    labels = a.layers.labels
+    slow.slow = True
+    a.propagate("forward", start=0)
+    qtbot.waitUntil(lambda: len(frames_with(labels)) >= 2, timeout=TIMEOUT_MS)
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    warning = [t for t in said(widget, "warning") if "Labels layer was deleted" in t]
+    assert warning and "went with it" in warning[-1] and "kept" not in warning[-1].split(";")[0]
+    assert len(a.layers.points.data) == 1 and a.state.object_ids == [1]
+    slow.slow = False
+    a.propagate("forward", start=0)
+    qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
+    assert a.layers.labels is not labels and frames_with(a.layers.labels) == set(range(5))
