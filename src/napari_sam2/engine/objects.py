@@ -2,16 +2,22 @@
 
 Only what later frames may read is kept, on the storage device (the CPU by default): per frame
 the low-resolution logits, the object pointer, the object score and the memory features in
-bfloat16. Frames and full-resolution outputs are never stored.
+bfloat16. Frames and full-resolution outputs are never stored. Beyond a RAM budget, the oldest
+outputs go to a temporary file (:mod:`napari_sam2.engine.state_store`).
 """
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..model.sam2 import PointerMemory, SpatialMemory
+
+if TYPE_CHECKING:
+    from .state_store import StateStore
 
 
 @dataclass
@@ -62,13 +68,29 @@ class ObjectState:
     given since the last propagation, with whether they will become conditioning frames; their
     memory is encoded when propagation starts. ``tracked``: frames visited by propagation,
     mapped to whether that pass ran backward.
+
+    ``conditioning`` and ``recent`` are plain dicts, or, made by :meth:`in_store`, maps whose
+    outputs a :class:`~napari_sam2.engine.state_store.StateStore` keeps within its RAM budget.
     """
 
     prompts: dict[int, EncodedPrompt] = field(default_factory=dict)
-    conditioning: dict[int, FrameOutput] = field(default_factory=dict)
-    recent: dict[int, FrameOutput] = field(default_factory=dict)
+    conditioning: MutableMapping[int, FrameOutput] = field(default_factory=dict)
+    recent: MutableMapping[int, FrameOutput] = field(default_factory=dict)
     pending: dict[int, tuple[FrameOutput, bool]] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)
+
+    @classmethod
+    def in_store(cls, store: StateStore) -> ObjectState:
+        """An empty state whose stored outputs ``store`` keeps (and may spill to disk)."""
+        return cls(
+            conditioning=store.frames(conditioning=True), recent=store.frames(conditioning=False)
+        )
+
+    def release(self) -> None:
+        """Give the stored outputs back (RAM and disk slots); call before dropping the state."""
+        self.conditioning.clear()
+        self.recent.clear()
+        self.pending.clear()
 
     def latest_output(self, frame: int) -> FrameOutput | None:
         """The newest output on ``frame``: a pending prompt result, else a stored one."""
@@ -78,9 +100,20 @@ class ObjectState:
 
     @property
     def nbytes(self) -> int:
-        outputs = [*self.conditioning.values(), *self.recent.values()]
-        outputs += [out for out, _ in self.pending.values()]
-        return sum(out.nbytes for out in outputs)
+        """Bytes held in RAM (on the storage device); spilled outputs count their pointer and
+        score only."""
+        stored = _ram_nbytes(self.conditioning) + _ram_nbytes(self.recent)
+        return stored + sum(out.nbytes for out, _ in self.pending.values())
+
+    @property
+    def spilled_nbytes(self) -> int:
+        """Bytes of this object's outputs written to disk by a state store."""
+        return sum(getattr(m, "disk_nbytes", 0) for m in (self.conditioning, self.recent))
+
+
+def _ram_nbytes(outputs: MutableMapping[int, FrameOutput]) -> int:
+    held = getattr(outputs, "ram_nbytes", None)  # a state store's map knows without reading
+    return sum(out.nbytes for out in outputs.values()) if held is None else held
 
 
 @dataclass

@@ -12,6 +12,7 @@ logits > 0.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,6 +36,7 @@ from .objects import (
 from .precision import autocast, precision_name, resolve_precision, suspend_autocast
 from .prompts import validate_frame_index, validate_object_id, validate_prompt
 from .session import PropagationPlan, plan_propagation
+from .state_store import StateStore
 
 #: Previous logits fed back with new clicks are clamped, as the reference does, to avoid rare
 #: numerical trouble with very confident masks.
@@ -76,6 +78,12 @@ class Tracker:
     ``corrections_as_conditioning``: prompts on a frame that was already tracked make it a
     conditioning frame that later propagation keeps (True), or, as Meta's default, only a
     memory frame that re-propagation may overwrite (False).
+    ``state_ram_bytes``: RAM budget of the per-object state (logits and memory of every tracked
+    frame; 0.75 MiB per object and frame at input size 1024); beyond it the oldest outputs go to
+    a temporary folder in ``state_spill_dir`` (default: the system's, ``TMPDIR``) and are read
+    back when needed, with the same results. None: 4 GiB, or half the memory available now when
+    that is less (:func:`~napari_sam2.engine.memory_estimate.default_state_ram_bytes`).
+    :meth:`close` removes the folder; so does garbage collection.
     """
 
     def __init__(
@@ -94,6 +102,8 @@ class Tracker:
         compile_backend: str | None = None,
         precision: str | torch.dtype = "float32",
         label_dtype: np.dtype | type = np.uint32,
+        state_ram_bytes: int | None = None,
+        state_spill_dir: str | os.PathLike | None = None,
     ) -> None:
         self.label_dtype = np.dtype(label_dtype)
         if self.label_dtype.kind not in "iu":
@@ -116,6 +126,7 @@ class Tracker:
             frames, axis=axis, channel_axis=channel_axis, intensity_range=intensity_range
         )
         self.features = FeatureCache(feature_cache_bytes)
+        self.state_store = StateStore(state_ram_bytes, spill_dir=state_spill_dir)
         self.corrections_as_conditioning = corrections_as_conditioning
         if batch_objects is None:
             batch_objects = self.device.type == "cuda"
@@ -159,8 +170,19 @@ class Tracker:
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of per-object state held on the storage device."""
+        """Bytes of per-object state held on the storage device (not what went to disk)."""
         return sum(state.nbytes for state in self._objects.values())
+
+    @property
+    def state_spilled_nbytes(self) -> int:
+        """Bytes of per-object state beyond the RAM budget, in the temporary spill folder."""
+        return sum(state.spilled_nbytes for state in self._objects.values())
+
+    def close(self) -> None:
+        """Forget every object (as :meth:`reset`) and remove the spill folder. Cached image
+        features stay; the tracker stays usable."""
+        self.reset()
+        self.state_store.close()
 
     # ------------------------------------------------------------------ features
     def prepare(self, frame: int) -> None:
@@ -208,7 +230,8 @@ class Tracker:
         )
         if int(obj_id) not in self._objects:
             self._objects_version += 1
-        state = self._objects.setdefault(int(obj_id), ObjectState())
+            self._objects[int(obj_id)] = ObjectState.in_store(self.state_store)
+        state = self._objects[int(obj_id)]
         first_visit = frame not in state.tracked
         backward = False if first_visit else state.tracked[frame]
         becomes_conditioning = first_visit or self.corrections_as_conditioning
@@ -277,11 +300,13 @@ class Tracker:
     def remove_object(self, obj_id: int) -> None:
         """Forget ``obj_id`` entirely."""
         self._state(obj_id)
-        del self._objects[obj_id]
+        self._objects.pop(obj_id).release()
         self._objects_version += 1
 
     def reset(self) -> None:
         """Forget every object and prompt; cached image features stay valid and are kept."""
+        for state in self._objects.values():
+            state.release()
         self._objects.clear()
         self._objects_version += 1
 
