@@ -35,6 +35,7 @@ __all__ = [
     "Prompt",
     "prompts_from_arrays",
     "segment",
+    "segment_all",
     "segment_everything",
     "segment_everything_labels",
 ]
@@ -61,6 +62,8 @@ def segment(
     direction: str = "both",
     max_frames: int | None = None,
     progress: ProgressCallback | None = None,
+    masks: Any = None,
+    mask_frames: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Segment the prompted objects of an image or through a stack with SAM 2.
 
@@ -103,6 +106,12 @@ def segment(
         max_frames: frames visited in each direction, the start included (None: the whole
             axis).
         progress: optional ``progress(done, total)`` called after every tracked frame.
+        masks: seed labels, e.g. a napari Labels layer's data: integer ids, (num_frames, H, W)
+            like the returned labels, or one (H, W) slice with ``mask_frames=[k]``. Each id on
+            each chosen slice becomes a mask prompt of the object with that id (several slices
+            of one id: several conditioning frames). They share the id space with ``boxes``
+            (box ``i`` is object ``i + 1``) and ``prompts``.
+        mask_frames: the slices of ``masks`` to seed from; None takes every slice with labels.
 
     Returns:
         uint32 labels, (num_frames, H, W) for a stack and (H, W) for a single image. Each pixel
@@ -127,27 +136,35 @@ def segment(
         prompt_list = group_prompts(prompts)
     else:
         prompt_list = prompts_from_arrays(points=points, labels=labels, boxes=boxes)
-    if not prompt_list:
+    if not prompt_list and masks is None:
         raise ValueError(
             "no prompts: give points=(N, 3) rows of (frame, row, col), boxes=(M, 5) rows of "
-            "(frame, row0, col0, row1, col1), or prompts=[Prompt, ...]"
+            "(frame, row0, col0, row1, col1), prompts=[Prompt, ...] or seed labels masks="
         )
 
     from .engine.memory_estimate import check_propagation_fits
-    from .engine.tracker import Tracker
 
-    network = _network(model, checkpoint, image_size, device)
-    tracker_device = None if not isinstance(model, str) and _is_auto(device) else device
-    tracker = Tracker(
-        network,
+    tracker = _tracker(
         image,
+        model,
+        checkpoint,
+        image_size,
+        device,
         axis=axis,
         channel_axis=channel_axis,
         intensity_range=intensity_range,
-        device=tracker_device,
         precision=precision,
     )
     single = _is_single_image(image, tracker)
+    if masks is not None:
+        from .engine.everything import prompts_from_label_array
+
+        seeds = prompts_from_label_array(
+            masks, mask_frames, num_frames=tracker.num_frames, frame_shape=tracker.frame_shape
+        )
+        if not seeds and not prompt_list:
+            raise ValueError("the seed labels (masks=) hold no ids on the chosen slices")
+        prompt_list = group_prompts(prompt_list, seeds)
     _check_frames(prompt_list, tracker.num_frames, axis, single)
 
     for prompt in prompt_list:
@@ -250,6 +267,16 @@ def _network(model: Any, checkpoint: Any, image_size: int | None, device: Any) -
     return build_sam2(model, checkpoint=checkpoint, image_size=image_size, device=device)
 
 
+def _tracker(image, model, checkpoint, image_size, device, **options):
+    """A Tracker over ``image`` on the network that ``model`` names or is; with a built
+    ``model``, device "auto" keeps it where it is."""
+    from .engine.tracker import Tracker
+
+    network = _network(model, checkpoint, image_size, device)
+    tracker_device = None if not isinstance(model, str) and _is_auto(device) else device
+    return Tracker(network, image, device=tracker_device, **options)
+
+
 def _is_single_image(image: Any, tracker: Any) -> bool:
     """True when the tracker took the whole array as one frame (no tracked axis)."""
     frame_rank = 2 if tracker.frames.layout == "grey" else 3
@@ -332,3 +359,76 @@ def segment_everything_labels(image: Any, **options: Any) -> np.ndarray:
         intensity_range=options.get("intensity_range"),
     ).frame_shape
     return labels_from_records(records, shape)
+
+
+def segment_all(
+    image: Any,
+    *,
+    frames: Sequence[int] = (0,),
+    model: str | torch.nn.Module = "sam2.1_hiera_tiny",
+    checkpoint: str | os.PathLike[str] | None = "download",
+    image_size: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    axis: int = 0,
+    channel_axis: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    same_object_iou: float = 0.5,
+    direction: str = "both",
+    progress: ProgressCallback | None = None,
+    **amg_parameters: Any,
+) -> np.ndarray:
+    """Segment everything on key frames and track every object through the stack.
+
+    On each key frame of ``frames``, the automatic mask generator (:func:`segment_everything`)
+    finds masks; each becomes an object with a mask prompt (ids 1..N on the first key frame).
+    On later key frames, a mask whose IoU with an object propagated there is above
+    ``same_object_iou`` is that object (another conditioning frame), the others are new
+    objects (:data:`napari_sam2.engine.everything.SAME_OBJECT_RULE`). Then every object is
+    propagated in ``direction``.
+
+    Args:
+        image, model, checkpoint, image_size, device, precision, axis, channel_axis,
+            intensity_range, direction: as for :func:`segment`.
+        frames: the key frames (indices along ``axis``; ``(0,)`` for a single image).
+        same_object_iou: the IoU threshold above which a mask of a later key frame is an
+            object already tracked there, in [0, 1].
+        progress: optional ``progress(done, total)`` after every tracked frame (the passes
+            that carry objects between key frames count too).
+        amg_parameters: the generator's parameters, as for :func:`segment_everything`.
+
+    Returns:
+        uint32 labels, (num_frames, H, W) for a stack and (H, W) for a single image.
+
+    Raises:
+        ValueError: a bad parameter or key frame, or no mask found on any key frame.
+    """
+    if progress is not None and not callable(progress):
+        raise TypeError("progress must be None or a callable progress(done, total)")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    from .engine.automatic import AutomaticMaskGenerator, AutomaticMaskSettings
+    from .engine.everything import track_everything
+
+    settings = AutomaticMaskSettings.from_options(**amg_parameters)  # checked before the model
+    tracker = _tracker(
+        image,
+        model,
+        checkpoint,
+        image_size,
+        device,
+        axis=axis,
+        channel_axis=channel_axis,
+        intensity_range=intensity_range,
+        precision=precision,
+    )
+    generator = AutomaticMaskGenerator(tracker.model, settings, device=tracker.device)
+    labels = track_everything(
+        tracker,
+        generator,
+        frames,
+        same_object_iou=same_object_iou,
+        direction=direction,
+        progress=progress,
+    )
+    return labels[0] if _is_single_image(image, tracker) else labels

@@ -3,6 +3,8 @@
 ::
 
     napari-sam2 segment STACK.tif --points points.csv [--boxes boxes.csv] --out labels.tif
+    napari-sam2 segment STACK.tif --masks seeds.tif [--mask-frame K ...] --out labels.tif
+    napari-sam2 segment-all STACK.tif --frame K [--frame K2 ...] --out labels.tif
     napari-sam2 models
     napari-sam2 demo
 
@@ -94,7 +96,7 @@ def partial_path(out: str | Path) -> Path:
 
 def _input_paths(args: argparse.Namespace) -> list[str]:
     """Every file the run reads; none of them may be the output."""
-    names = (args.stack, args.points, args.boxes, args.prompts, args.checkpoint)
+    names = (args.stack, args.points, args.boxes, args.prompts, args.masks, args.checkpoint)
     return [name for name in names if name is not None]
 
 
@@ -155,9 +157,11 @@ def _read_prompts(args: argparse.Namespace, image_ndim: int) -> list:
             raise CommandError(f"{args.prompts}: the file holds no prompts")
         return prompts
     if args.points is None and args.boxes is None:
+        if args.masks is not None:
+            return []  # seeded from --masks once the stack's layout is known
         raise CommandError(
-            "give prompts: --prompts FILE (saved by the annotator), or --points FILE.csv "
-            "and/or --boxes FILE.csv"
+            "give prompts: --prompts FILE (saved by the annotator), --points FILE.csv "
+            "and/or --boxes FILE.csv, or seed labels --masks FILE.tif"
         )
     axis = _prompt_axis(image_ndim, args.axis, args.channel_axis)
     found = []
@@ -193,7 +197,6 @@ class _Plan:
     """Everything checked before the model is built: paths, image layout, prompts, memory."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from .engine.frames import FrameSource
         from .engine.memory_estimate import check_run_fits, estimate_run_bytes
         from .model.config import get_config
 
@@ -218,17 +221,9 @@ class _Plan:
         if args.prompt_file is not None and args.prompt_file.plane is not None:
             self.image = _plane_of_prompt_file(args, self.image)
         self.prompts = _read_prompts(args, len(self.image.shape))
-        options = _tracker_options(args)
-        # Only the layout is worked out here; no frame is read.
-        self.frames = FrameSource(
-            self.image,
-            axis=options["axis"],
-            channel_axis=options["channel_axis"],
-            intensity_range=options["intensity_range"],
-        )
-        self.single = self.frames.num_frames == 1 and len(self.image.shape) == (
-            2 if self.frames.layout == "grey" else 3
-        )
+        self.frames, self.single = _frame_layout(args, self.image)
+        if args.masks is not None or args.mask_frames:
+            self.prompts = _seed_prompts(args, self.frames, self.prompts)
         for prompt in self.prompts:
             if not 0 <= prompt.frame < self.frames.num_frames:
                 raise CommandError(
@@ -253,6 +248,22 @@ class _Plan:
                 channels=3 if self.frames.layout != "grey" else 1,
             )
         )
+
+
+def _frame_layout(args: argparse.Namespace, image):
+    """(FrameSource, single): the frames the options make of ``image``, and whether it is one
+    2-D image (no tracked axis). Only the layout is worked out; no frame is read."""
+    from .engine.frames import FrameSource
+
+    options = _tracker_options(args)
+    frames = FrameSource(
+        image,
+        axis=options["axis"],
+        channel_axis=options["channel_axis"],
+        intensity_range=options["intensity_range"],
+    )
+    rank = 2 if frames.layout == "grey" else 3
+    return frames, frames.num_frames == 1 and len(image.shape) == rank
 
 
 def _plane_of_prompt_file(args: argparse.Namespace, image):
@@ -302,6 +313,126 @@ def _run_segment(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {written} ({' x '.join(map(str, labels.shape))}, "
               f"{len(plan.object_ids)} object(s))")  # fmt: skip
+    return 0
+
+
+def _seed_prompts(args: argparse.Namespace, frames, prompts: list) -> list:
+    """``prompts`` with the objects seeded from ``--masks`` (see
+    :func:`napari_sam2.engine.everything.prompts_from_label_array`)."""
+    from .engine.everything import prompts_from_label_array
+    from .engine.session import group_prompts
+
+    if args.masks is None:
+        raise CommandError("--mask-frame chooses slices of --masks; give --masks FILE.tif too")
+    seeds = prompts_from_label_array(
+        read_stack(args.masks),
+        args.mask_frames,
+        num_frames=frames.num_frames,
+        frame_shape=frames.frame_shape,
+        name=f"--masks {args.masks}",
+    )
+    if not seeds and not prompts:
+        raise CommandError(f"--masks {args.masks}: no labels on the chosen slices")
+    try:
+        return group_prompts(prompts, seeds)
+    except ValueError as err:
+        raise CommandError(f"--masks {args.masks}: {_one_line(err)}") from None
+
+
+class _SegmentAllPlan:
+    """``segment-all``'s checks before the model is built: paths, image layout, key frames,
+    the generator's parameters."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .engine.automatic_settings import AutomaticMaskSettings
+        from .engine.device import resolve_device
+        from .engine.everything import track_everything_total
+        from .model.config import get_config
+
+        _apply_prompt_file(args)  # sets the defaults of --model and --precision
+        _check_model_name(args.model)
+        self.out = _io.check_output_path(
+            args.out,
+            inputs=_input_paths(args),
+            overwrite=args.overwrite,
+            suffixes=_io.TIFF_SUFFIXES,
+            what="--out",
+        )
+        resolve_device(args.device)
+        try:
+            get_config(args.model, args.image_size)
+        except ValueError as err:
+            raise CommandError(f"--image-size {args.image_size}: {_one_line(err)}") from None
+        given = {
+            name: getattr(args, name)
+            for name in _AMG_OPTIONS
+            if getattr(args, name) is not None
+        }
+        self.settings = AutomaticMaskSettings.from_options(**given)
+        if not 0.0 <= args.same_object_iou <= 1.0:
+            raise CommandError(f"--same-object-iou must be in [0, 1], got {args.same_object_iou}")
+        self.image = read_stack(args.stack)
+        self.frames, self.single = _frame_layout(args, self.image)
+        self.num_frames = self.frames.num_frames
+        for frame in args.frames:
+            if not 0 <= frame < self.num_frames:
+                raise CommandError(
+                    f"--frame {frame} is out of range: {args.stack} has {self.num_frames} "
+                    f"frame(s) along --axis {args.axis} (0 to {self.num_frames - 1})"
+                )
+        self.total_steps = track_everything_total(self.num_frames, args.frames, args.direction)
+        start = max(args.frames) if args.direction == "backward" else min(args.frames)
+        self.total = plan_propagation(self.num_frames, start, args.direction).total
+
+
+#: ``segment-all`` options passed to the generator when given (else Meta's defaults).
+_AMG_OPTIONS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "min_mask_region_area",
+    "box_nms_thresh",
+    "crop_n_layers",
+)
+
+
+def _run_segment_all(args: argparse.Namespace) -> int:
+    plan = _SegmentAllPlan(args)  # every check before the slow part
+    model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
+    from .engine.automatic import AutomaticMaskGenerator
+    from .engine.everything import iter_track_everything
+    from .engine.session import label_frame
+    from .engine.tracker import Tracker
+
+    tracker = Tracker(model, plan.image, **_tracker_options(args))
+    generator = AutomaticMaskGenerator(tracker.model, plan.settings, device=tracker.device)
+    height, width = tracker.frame_shape
+    empty = np.zeros((height, width), dtype=np.uint32)
+    labels = np.zeros((plan.num_frames, height, width), dtype=np.uint32)
+    finished: list[int] = []  # frames of the final propagation, the only ones kept
+    try:
+        with _ProgressBar(enabled=not args.quiet) as bar:
+            steps = iter_track_everything(
+                tracker,
+                generator,
+                args.frames,
+                same_object_iou=args.same_object_iou,
+                direction=args.direction,
+                progress=bar.update,
+            )
+            for step in steps:
+                if step.final:
+                    labels[step.frame] = label_frame(empty, step.logits)
+                    finished.append(step.frame)
+    except BaseException as error:
+        _keep_finished_frames(plan, args, labels, finished, error)
+        raise
+    result = labels[0] if plan.single else labels
+    written = write_labels(plan.out, result, overwrite=args.overwrite, inputs=_input_paths(args))
+    if not args.quiet:
+        print(f"wrote {written} ({' x '.join(map(str, result.shape))}, "
+              f"{len(tracker.object_ids)} object(s))")  # fmt: skip
     return 0
 
 
@@ -409,16 +540,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see: {self.prog} --help)\n")
 
 
-def _add_segment_options(seg: argparse.ArgumentParser) -> None:
+def _add_segment_options(seg: argparse.ArgumentParser, prompts: bool = True) -> None:
     seg.add_argument("stack", help="image: .tif/.tiff, a .zarr folder (OME-Zarr) or .npy")
-    seg.add_argument(
-        "--prompts",
-        metavar="FILE",
-        help="the annotator's prompt file (Save prompts…): objects, clicks, boxes, masks, "
-        "plane and settings; options given here override its settings",
-    )
-    seg.add_argument("--points", metavar="CSV", help="napari Points CSV (clicks)")
-    seg.add_argument("--boxes", metavar="CSV", help="napari Shapes CSV (rectangles)")
+    if prompts:
+        _add_prompt_options(seg)
     seg.add_argument("--out", required=True, metavar="TIF", help="output label TIFF")
     seg.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists (atomically)"
@@ -458,6 +583,85 @@ def _add_segment_options(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _add_segment_all(commands) -> None:
+    every = commands.add_parser(
+        "segment-all",
+        help="segment everything on key slices and track every object through the stack",
+        description=(
+            "Run SAM 2's automatic mask generator on the key frames and propagate every mask "
+            "found through the stack; write a label TIFF. A mask found on a later key frame "
+            "whose IoU with an object propagated there is above --same-object-iou is that "
+            "object (another conditioning frame); the others are new objects. Ctrl-C keeps "
+            "the finished frames in OUT.partial.tif."
+        ),
+    )
+    _add_segment_options(every, prompts=False)
+    every.add_argument(
+        "--frame",
+        type=int,
+        action="append",
+        required=True,
+        metavar="K",
+        dest="frames",
+        help="a key frame to segment everything on (repeat for several)",
+    )
+    every.add_argument(
+        "--same-object-iou",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="IoU above which a mask of a later key frame is an object already tracked "
+        "there (default: 0.5)",
+    )
+    number = {"points_per_side": int, "points_per_batch": int, "crop_n_layers": int}
+    defaults = {
+        "points_per_side": "clicks per side of the point grid (default: 32)",
+        "points_per_batch": "clicks decoded together (default: 64)",
+        "pred_iou_thresh": "keep masks whose predicted IoU is above this (default: 0.8)",
+        "stability_score_thresh": "keep masks at least this stable (default: 0.95)",
+        "min_mask_region_area": "remove holes and islands up to this area (default: 0)",
+        "box_nms_thresh": "box IoU above which a duplicate mask is dropped (default: 0.7)",
+        "crop_n_layers": "layers of crops segmented on their own (default: 0)",
+    }
+    for name in _AMG_OPTIONS:
+        every.add_argument(
+            "--" + name.replace("_", "-"),
+            type=number.get(name, float),
+            default=None,
+            metavar="N" if name in number else "X",
+            help=defaults[name],
+        )
+    every.set_defaults(
+        handler=_run_segment_all, points=None, boxes=None, prompts=None, masks=None
+    )
+
+
+def _add_prompt_options(seg: argparse.ArgumentParser) -> None:
+    seg.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="the annotator's prompt file (Save prompts…): objects, clicks, boxes, masks, "
+        "plane and settings; options given here override its settings",
+    )
+    seg.add_argument("--points", metavar="CSV", help="napari Points CSV (clicks)")
+    seg.add_argument("--boxes", metavar="CSV", help="napari Shapes CSV (rectangles)")
+    seg.add_argument(
+        "--masks",
+        metavar="TIF",
+        help="seed labels: a label TIFF of the stack's (frames, rows, columns) or one slice; "
+        "each id on the chosen slices becomes an object with that id",
+    )
+    seg.add_argument(
+        "--mask-frame",
+        type=int,
+        action="append",
+        metavar="K",
+        dest="mask_frames",
+        help="a slice of --masks to seed from (repeat for several; default: every slice with "
+        "labels; required when --masks is one slice)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="napari-sam2",
@@ -478,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_segment_options(seg)
     seg.set_defaults(handler=_run_segment)
+    _add_segment_all(commands)
 
     models = commands.add_parser("models", help="list model presets and their download status")
     models.set_defaults(handler=_run_models)

@@ -30,6 +30,7 @@ __all__ = [
     "masks_from_records",
     "match_key_slice",
     "objects_from_labels",
+    "prompts_from_label_array",
     "track_everything",
     "track_everything_total",
 ]
@@ -100,6 +101,66 @@ def objects_from_labels(
             )
         prompts.extend(Prompt(frame, int(obj_id), mask=labels == obj_id) for obj_id in ids)
     return prompts
+
+
+def prompts_from_label_array(
+    labels: Any,
+    frames: Iterable[int] | None = None,
+    *,
+    num_frames: int,
+    frame_shape: tuple[int, int],
+    label_dtype: np.dtype | type = np.uint32,
+    name: str = "the seed labels",
+) -> list[Prompt]:
+    """Seed prompts from a label array (e.g. a napari Labels layer or a label TIFF) for a
+    stack of ``num_frames`` frames of ``frame_shape``: :func:`objects_from_labels` on the
+    chosen slices.
+
+    ``labels`` is (num_frames, H, W), read slice by slice (a memmap or a zarr array stays on
+    disk), or one (H, W) slice, which then needs exactly one frame in ``frames``. ``frames``:
+    the slices to seed from; None takes every slice with labels. ``name`` names the array in
+    messages. ValueError when shapes, frames or values do not fit.
+    """
+    if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
+        labels = np.asarray(labels)
+    shape, dtype = tuple(labels.shape), np.dtype(labels.dtype)
+    stack_shape = (num_frames, *frame_shape)
+    if dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} have dtype {dtype}; labels must be integers (0 background, 1, 2, ... "
+            "object ids), e.g. a napari Labels layer or a label TIFF"
+        )
+    chosen = None if frames is None else sorted({_frame_key(frame) for frame in frames})
+    for frame in chosen or ():
+        if frame >= num_frames:
+            raise ValueError(
+                f"seed frame {frame} is out of range: the stack has {num_frames} frames "
+                f"(0 to {num_frames - 1})"
+            )
+    if shape == tuple(frame_shape):
+        if chosen is None and num_frames == 1:
+            chosen = [0]
+        if chosen is None or len(chosen) != 1:
+            raise ValueError(
+                f"{name} are one slice {shape}; say which frame they belong to with exactly "
+                "one mask frame, or give labels of the stack's shape "
+                f"{stack_shape}"
+            )
+        return objects_from_labels({chosen[0]: labels}, label_dtype=label_dtype)
+    if shape != stack_shape:
+        raise ValueError(
+            f"{name} have shape {shape}, but the stack needs {stack_shape} (frames, rows, "
+            f"columns) or one slice {tuple(frame_shape)}"
+        )
+    if chosen is None:
+        slices = {}
+        for frame in range(num_frames):
+            plane = np.asarray(labels[frame])
+            if plane.any():
+                slices[frame] = plane
+    else:
+        slices = {frame: np.asarray(labels[frame]) for frame in chosen}
+    return objects_from_labels(slices, label_dtype=label_dtype)
 
 
 def _frame_key(frame) -> int:
