@@ -25,7 +25,10 @@ Each object's conditioning and tracked outputs are a :class:`FrameMap`, a dict o
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 import tempfile
 import threading
 import weakref
@@ -38,9 +41,38 @@ import torch
 from .memory_estimate import default_state_ram_bytes
 from .objects import FrameOutput
 
+#: Spilled bytes after which the C heap's free pages go back to the system (see _trim_heap).
+TRIM_EVERY_BYTES = 64 * 2**20
+
 
 def _tensor_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+def _load_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system.
+
+    Spilled outputs are freed, but glibc keeps the freed heap pages (outputs of 256 KiB and
+    512 KiB are above its initial mmap threshold, which it then raises, so they live on the
+    heap), and the holes are not reused well by the next frames' aligned allocations: measured,
+    200 objects x 20 frames at 1024 with a 1 GiB budget peaked at 1.9 GiB above the start
+    without this, 1.1 GiB with it. A no-op off glibc.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True)
@@ -166,6 +198,7 @@ class StateStore:
         #: Bytes of logits and memory written to disk.
         self.disk_nbytes = 0
         self.spill_count = 0
+        self._spilled_since_trim = 0
 
     @property
     def spill_dir(self) -> str | None:
@@ -214,7 +247,13 @@ class StateStore:
             (_, frame), fmap = queue.popitem(last=False)
             out = fmap._entries[frame]
             fmap._entries[frame] = self._spill(out)
-            self.ram_nbytes -= self.spillable_nbytes(out)
+            freed = self.spillable_nbytes(out)
+            self.ram_nbytes -= freed
+            self._spilled_since_trim += freed
+            del out
+            if self._spilled_since_trim >= TRIM_EVERY_BYTES:
+                self._spilled_since_trim = 0
+                _trim_heap()
 
     def _spill(self, out: FrameOutput) -> _Spilled:
         size = self.spillable_nbytes(out)
@@ -228,8 +267,11 @@ class StateStore:
             memory_shape=tuple(out.memory.shape),
             memory_dtype=out.memory.dtype,
             device=out.low_res.device,
-            pointer=out.pointer,
-            score=out.score,
+            # Fresh copies: the originals sit in the heap between the logits and the memory
+            # just freed, and would keep those holes from joining into one that the next
+            # frame's outputs can reuse (measured: RSS 2x the budget without the copies).
+            pointer=out.pointer.clone(),
+            score=out.score.clone(),
         )
 
     def _load(self, spilled: _Spilled) -> FrameOutput:
