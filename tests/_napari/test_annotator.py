@@ -370,3 +370,47 @@ def test_the_cli_replays_the_prompt_file_to_the_same_labels(model, stack, tmp_pa
     )  # fmt: skip
     assert status == 0
     np.testing.assert_array_equal(tifffile.imread(out), a.layers.labels.data)
+
+
+LOOSE_AMG = {  # random weights: keep what the generator finds
+    "points_per_side": 2,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+}
+
+
+def test_segment_everything_makes_objects_that_propagation_tracks(model, stack):
+    viewer, a = make(model, stack)
+    viewer.dims.set_current_step(0, 2)
+    before = a.state.object_ids
+    assert a.segment_everything(**LOOSE_AMG) is not None
+    new = [i for i in a.state.object_ids if i not in before]
+    assert len(new) >= 2, "the generator found objects"
+    labels = a.layers.labels.data
+    assert set(np.unique(labels[2])) - {0} == set(new)
+    assert a.session().tracker.object_ids == new
+    a.propagate("forward", max_frames=2)
+    assert (labels[3] > 0).any() and not (labels[4] > 0).any()
+    a.undo()
+    a.undo()
+    assert a.state.object_ids == before and labels.max() == 0
+    assert a.segment_everything(points_per_side=0) is None
+    assert "points_per_side" in said(a)[-1]
+
+
+def test_objects_from_labels_keep_their_ids_on_every_seeded_slice(model, stack):
+    viewer, a = make(model, stack)
+    seeds = np.zeros(stack.shape, np.uint16)
+    seeds[1, 10:20, 10:20] = 5
+    seeds[3, 12:22, 12:22] = 5
+    seeds[3, 40:50, 40:50] = 9
+    layer = viewer.add_labels(seeds, name="seeds")
+    made = a.objects_from_labels(layer)
+    assert made == 2 and {5, 9} <= set(a.state.object_ids)
+    tracker = a.session().tracker
+    assert tracker.prompted_frames(5) == [1, 3] and tracker.prompted_frames(9) == [3]
+    np.testing.assert_array_equal(a.layers.labels.data[1] == 5, seeds[1] == 5)
+    assert a.objects_from_labels(layer, [3]) == 0  # known ids: more conditioning, no new object
+    with pytest.raises(ValueError, match="has shape"):
+        a.objects_from_labels(viewer.add_labels(np.zeros((2, 8, 8), np.uint8)))

@@ -29,7 +29,7 @@ from napari.utils.events import EmitterGroup
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..engine.precision import precision_name, resolve_precision
-from . import prompt_io, propagation
+from . import everything, prompt_io, propagation
 from .geometry import SliceGeometry, current_frame, geometry_for
 from .history import History, Snapshot, Step
 from .jobs import Job, JobQueue, Runner, SyncRunner
@@ -604,6 +604,20 @@ class Annotator:
     def load_prompts(self, path) -> bool:
         """Replace this image's objects and prompts with a prompt file's (one undo step)."""
         return prompt_io.load_prompts(self, path)
+
+    # ------------------------------------------------------------------ many objects
+    def segment_everything(self, **parameters) -> Job | None:
+        """Find every object on the current slice in the background (SAM 2's automatic mask
+        generator; ``parameters`` as Meta's, e.g. ``points_per_side``, ``pred_iou_thresh``,
+        ``stability_score_thresh``, ``min_mask_region_area``); each becomes an object with a
+        mask prompt there. One undo step."""
+        return everything.segment_everything(self, **parameters)
+
+    def objects_from_labels(self, layer, frames: list[int] | None = None) -> int:
+        """Each label id of a Labels layer on ``frames`` (default: every labelled slice)
+        becomes a mask prompt of the object with that id. One undo step; returns how many
+        objects are new. Raises ValueError for a layer of another shape or without labels."""
+        return everything.objects_from_labels(self, layer, frames)
 
     # ------------------------------------------------------------------ painting
     def _on_paint(self, atoms: list) -> None:

@@ -57,9 +57,9 @@ class Job:
         on_start: main-thread callback a :class:`JobQueue` calls just before the work starts;
             an exception from it goes to ``on_error`` and the work never runs.
         key: jobs with equal non-None keys replace each other while queued.
-        background: work done while nothing else is asked for (preparing neighbouring
-            slices): it waits behind every other job, stops at its next yield as soon as one
-            is submitted, and does not make the queue busy.
+        background: work for idle time (preparing neighbouring slices). It waits behind every
+            other job, stops at its next yield as soon as another job is submitted (so a click
+            waits for one step at most), and never makes the queue busy.
     """
 
     name: str
@@ -280,13 +280,12 @@ class JobQueue:
     def close(self, timeout: float) -> None:
         """Cancel every job and accept no more; on the main thread, wait up to ``timeout``
         seconds for the running job's work to leave its thread."""
-        running = self.running
-        for job in [*self._queue, *self._background]:
+        running = [self.running] if self.running is not None else []
+        for job in [*self._queue, *self._background, *running]:
             job.cancel()
         self._queue.clear()
         self._background.clear()
-        if running is not None:
-            running.cancel()
         self.closed = True
-        if running is not None and threading.current_thread() is threading.main_thread():
-            running.wait_finished(timeout)
+        if threading.current_thread() is threading.main_thread():
+            for job in running:
+                job.wait_finished(timeout)

@@ -14,7 +14,7 @@ import time
 
 from napari.utils import progress
 
-from ..engine.session import DIRECTIONS
+from ..engine.session import DIRECTIONS, plan_propagation
 from .jobs import Job
 from .state import Progress
 from .writer import write_frame
@@ -57,17 +57,16 @@ def start_propagation(
         )
         return None
     start = annotator.current_frame() if start is None else start
-    plan = session.tracker.plan(start, direction, max_frames)
+    plan = plan_propagation(session.geometry.num_frames, start, direction, max_frames)
     work = annotator.work
     labels = work.layers.labels
     painted = dict(work.painted)
     protect = state.protect
     step = annotator.record_step("propagation")
-    tracker = session.tracker
     run: dict = {"written": 0}
 
     def job_work():
-        frames = tracker.propagate(start, direction, max_frames)
+        frames = session.tracker.propagate(start, direction, max_frames)
         try:
             yield from frames
         finally:

@@ -9,6 +9,7 @@ switching the image or the view orientation meanwhile never writes anywhere else
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ def nearest_frames(frame: int, num_frames: int):
 class EngineSession:
     """One tracker over the frames of one image, in one plane, with one reading setting.
 
+    The tracker is built on first use, normally by the first job in the worker thread: reading
+    the sample frames for the intensity range of a large lazy stack must not stall the viewer.
+
     Attributes:
         key: identity of image, geometry, intensity range, model and precision.
         sent: ``{(obj_id, frame): Prompt}`` the tracker was last given.
@@ -54,8 +58,21 @@ class EngineSession:
     key: tuple
     image: Image
     geometry: SliceGeometry
-    tracker: Tracker
+    build: Callable[[], Tracker]
     sent: dict[tuple[int, int], Prompt] = field(default_factory=dict)
+    _tracker: Tracker | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def tracker(self) -> Tracker:
+        with self._lock:
+            if self._tracker is None:
+                self._tracker = self.build()
+            return self._tracker
+
+    @property
+    def built(self) -> bool:
+        return self._tracker is not None
 
 
 class EngineLink:
@@ -99,15 +116,19 @@ class EngineLink:
             return found
         frames = layer_array(image)[geometry.frames_index()]
         axis, channel_axis = geometry.engine_axes()
-        tracker = Tracker(
-            self.model,
-            frames,
-            axis=axis,
-            channel_axis=channel_axis,
-            intensity_range=intensity_range,
-            precision=precision,
-        )
-        session = EngineSession(key, image, geometry, tracker)
+        model = self.model
+
+        def build() -> Tracker:
+            return Tracker(
+                model,
+                frames,
+                axis=axis,
+                channel_axis=channel_axis,
+                intensity_range=intensity_range,
+                precision=precision,
+            )
+
+        session = EngineSession(key, image, geometry, build)
         self._sessions[key] = session
         while len(self._sessions) > KEPT_SESSIONS:
             self._sessions.popitem(last=False)
@@ -141,9 +162,9 @@ class EngineLink:
     def forget(self, session: EngineSession, obj_id: int) -> None:
         """Remove ``obj_id`` from the engine (a deleted object), in a job."""
         session.sent = {key: p for key, p in session.sent.items() if key[0] != obj_id}
-        tracker = session.tracker
 
         def work():
+            tracker = session.tracker
             if obj_id in tracker.object_ids:
                 tracker.remove_object(obj_id)
             yield None
@@ -152,10 +173,9 @@ class EngineLink:
 
     def prepare(self, session: EngineSession, frame: int) -> None:
         """Compute a frame's image features in the background (the slow step of a click)."""
-        tracker = session.tracker
 
         def work():
-            tracker.prepare(frame)
+            session.tracker.prepare(frame)
             yield frame
 
         self.jobs.submit(Job("prepare", work, on_error=self._on_error, key="prepare"))
@@ -163,11 +183,10 @@ class EngineLink:
     def prefetch(self, session: EngineSession, frame: int, *, limit: int = MAX_PREFETCH) -> None:
         """While nothing else runs, compute the features of ``frame`` and its neighbours,
         nearest first (frame, +1, -1, +2, -2, ...), as many as the feature cache holds beside
-        ``frame`` (at most ``limit`` neighbours). Any other job stops it at the next slice."""
-        tracker = session.tracker
-        cache = tracker.features
-
+        ``frame`` (at most ``limit`` neighbours). Any other job stops it at its next slice."""
         def work():
+            tracker = session.tracker
+            cache = tracker.features
             done = 0
             for other in nearest_frames(frame, tracker.num_frames):
                 if other in cache:
@@ -183,13 +202,14 @@ class EngineLink:
                 yield other
 
         job = Job("prefetch", work, key="prefetch", background=True)
+        self.jobs.stop_background()  # the neighbours of the slice the user left are not needed
         self.jobs.submit(job)
 
     def _submit(self, session, key, prompt: Prompt | None, context, write: bool) -> None:
         obj_id, frame = key
-        tracker = session.tracker
 
         def work():
+            tracker = session.tracker
             if prompt is None or prompt.empty:
                 if obj_id in tracker.object_ids:
                     if frame in tracker.prompted_frames(obj_id):

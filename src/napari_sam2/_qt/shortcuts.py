@@ -46,7 +46,10 @@ def _action(annotator, name: str) -> Callable[[], None]:
             return
         if name == "new_object" and not annotator.ensure_layers():
             return
-        getattr(annotator, name)()
+        try:
+            getattr(annotator, name)()
+        except ValueError as err:  # e.g. no image, or a slice the plan refuses
+            annotator.notify("warning", str(err))
 
     return run
 

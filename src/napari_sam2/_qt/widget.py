@@ -18,6 +18,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
     create_widget,
@@ -148,6 +149,49 @@ class AnnotatorWidget(QWidget):
         objects_layout.addWidget(self.object_options.native)
         layout.addWidget(objects_box)
 
+        everything_box = QGroupBox("Every object")
+        everything_layout = QVBoxLayout(everything_box)
+        self.points_per_side = SpinBox(label="Points per side", min=1, max=128, value=32)
+        self.iou_threshold = FloatSpinBox(label="IoU threshold", min=0.0, max=1.0, step=0.05,
+                                          value=0.8)  # fmt: skip
+        self.stability_threshold = FloatSpinBox(
+            label="Stability threshold", min=0.0, max=1.0, step=0.05, value=0.95
+        )
+        self.min_area = SpinBox(label="Minimum area", min=0, max=10_000_000, value=0)
+        self.everything_options = Container(
+            widgets=[
+                self.points_per_side,
+                self.iou_threshold,
+                self.stability_threshold,
+                self.min_area,
+            ]
+        )
+        everything_layout.addWidget(self.everything_options.native)
+        self.advanced = QGroupBox("Advanced")
+        self.advanced.setCheckable(True)
+        self.advanced.setChecked(False)
+        self.box_nms = FloatSpinBox(label="Box NMS threshold", min=0.0, max=1.0, step=0.05,
+                                    value=0.7)  # fmt: skip
+        self.crop_layers = SpinBox(label="Crop layers", min=0, max=3, value=0)
+        self.points_per_batch = SpinBox(label="Points per batch", min=1, max=1024, value=64)
+        self.advanced_options = Container(
+            widgets=[self.box_nms, self.crop_layers, self.points_per_batch]
+        )
+        QVBoxLayout(self.advanced).addWidget(self.advanced_options.native)
+        self.advanced_options.visible = False
+        self.advanced.toggled.connect(lambda on: setattr(self.advanced_options, "visible", on))
+        everything_layout.addWidget(self.advanced)
+        self.everything_button = QPushButton("Segment everything on this slice")
+        everything_layout.addWidget(self.everything_button)
+        self.seed_picker = create_widget(annotation=napari.layers.Labels, label="Labels")
+        self.seed_slices = LineEdit(label="Slices", value="all")
+        self.seed_slices.tooltip = "all, or slices such as 3, 7, 10-12"
+        self.seed_form = Container(widgets=[self.seed_picker, self.seed_slices])
+        everything_layout.addWidget(self.seed_form.native)
+        self.seed_button = QPushButton("Objects from labels")
+        everything_layout.addWidget(self.seed_button)
+        layout.addWidget(everything_box)
+
         run_box = QGroupBox("Propagation")
         run_layout = QVBoxLayout(run_box)
         self.direction = ComboBox(label="Direction", choices=list(DIRECTIONS))
@@ -217,6 +261,8 @@ class AnnotatorWidget(QWidget):
         self.cancel_button.clicked.connect(a.cancel)
         self.undo_button.clicked.connect(a.undo)
         self.redo_button.clicked.connect(a.redo)
+        self.everything_button.clicked.connect(self._segment_everything)
+        self.seed_button.clicked.connect(self._objects_from_labels)
         self.save_button.clicked.connect(self._save_prompts)
         self.open_button.clicked.connect(self._load_prompts)
         state.events.busy.connect(self._on_busy)
@@ -244,7 +290,7 @@ class AnnotatorWidget(QWidget):
 
     def reset_choices(self, _event=None) -> None:
         """Follow the viewer's layers and axes (napari calls this on layer changes)."""
-        for container in (self.form, self.slices):
+        for container in (self.form, self.slices, self.seed_form):
             container.reset_choices()
         if self.state.image is None and self.image_picker.value is not None:
             self.state.image = self.image_picker.value
@@ -340,6 +386,34 @@ class AnnotatorWidget(QWidget):
         )
         if answer == QMessageBox.Yes:
             self.annotator.delete_object(obj_id)
+
+    def amg_parameters(self) -> dict:
+        """The automatic mask generator's parameters set in the dock."""
+        return {
+            "points_per_side": int(self.points_per_side.value),
+            "pred_iou_thresh": float(self.iou_threshold.value),
+            "stability_score_thresh": float(self.stability_threshold.value),
+            "min_mask_region_area": int(self.min_area.value),
+            "box_nms_thresh": float(self.box_nms.value),
+            "crop_n_layers": int(self.crop_layers.value),
+            "points_per_batch": int(self.points_per_batch.value),
+        }
+
+    def _segment_everything(self) -> None:
+        self.annotator.segment_everything(**self.amg_parameters())
+
+    def _objects_from_labels(self) -> None:
+        from .._napari.everything import parse_slices
+
+        layer = self.seed_picker.value
+        if layer is None:
+            self.annotator.notify("warning", "Choose a Labels layer to take the objects from.")
+            return
+        try:
+            frames = parse_slices(self.seed_slices.value, self.annotator.geometry().num_frames)
+            self.annotator.objects_from_labels(layer, frames)
+        except ValueError as err:
+            self.annotator.notify("warning", str(err))
 
     def _save_prompts(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

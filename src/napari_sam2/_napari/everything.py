@@ -1,0 +1,137 @@
+"""Many objects at once: segment everything on a slice, or start from an existing Labels layer.
+
+Both make mask prompts, exactly as a brush edit does: each object's mask on a slice becomes a
+conditioning frame of that object, so Propagate then tracks all of them. The new objects join
+the object list and their pixels the output Labels layer in one undo step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+
+from ..engine.automatic import AutomaticMaskGenerator, labels_from_records
+from .jobs import Job
+from .state import ObjectInfo
+from .writer import next_free_id, write_frame
+
+__all__ = ["add_mask_objects", "objects_from_labels", "parse_slices", "segment_everything"]
+
+
+def add_mask_objects(annotator, masks: dict[tuple[int, int], np.ndarray], name: str) -> int:
+    """Make ``{(obj_id, frame): bool (H, W)}`` mask prompts (new ids join the object list) and
+    write their pixels, as one undo step; returns how many objects are new."""
+    work = annotator.work
+    before = work.snapshot or annotator.snapshot()
+    known = set(annotator.state.object_ids)
+    new_ids = sorted({obj_id for obj_id, _ in masks} - known)
+    annotator.state.objects = (
+        *annotator.state.objects,
+        *(ObjectInfo(id=i, name=f"object {i}") for i in new_ids),
+    )
+    work.painted.update(masks)
+    if new_ids and annotator.state.current_object is None:
+        annotator.state.current_object = new_ids[0]
+    step = annotator.record_step(name, before)
+    session = annotator.session()
+    labels = work.layers.ensure_labels(session.geometry.shape)
+    for frame in sorted({frame for _, frame in masks}):
+        on_frame = {obj_id: mask for (obj_id, f), mask in masks.items() if f == frame}
+        with work.layers.muted(), labels.block_history():
+            changed = write_frame(
+                labels, session.geometry, frame, {}, masks=on_frame,
+                protect=annotator.state.protect,
+            )  # fmt: skip
+        if changed:
+            step.add_label_step(labels)
+    annotator.sync(write=False)
+    return len(new_ids)
+
+
+def segment_everything(annotator, **parameters) -> Job | None:
+    """Find every object on the current slice (SAM 2's automatic mask generator with
+    ``parameters``) in the background; each becomes an object with a mask prompt there."""
+    if not annotator.ensure_layers():
+        return None
+    try:
+        session = annotator.session()
+        frame = annotator.current_frame()
+        generator = AutomaticMaskGenerator(annotator.model, **parameters)
+    except ValueError as err:
+        annotator.notify("error", str(err))
+        return None
+    def work():
+        yield generator.generate(session.tracker.frames, frame)
+
+    def on_yield(records) -> None:
+        if not records:
+            annotator.notify(
+                "warning",
+                f"Segment everything found no object on slice {frame}. Lower the IoU or "
+                "stability threshold, or use more points per side.",
+            )
+            return
+        local = labels_from_records(records, session.geometry.frame_shape)
+        labels = annotator.work.layers.labels
+        start = next_free_id(labels, set(annotator.state.object_ids))
+        masks = {(start + k - 1, frame): local == k for k in range(1, int(local.max()) + 1)}
+        count = add_mask_objects(annotator, masks, "segment everything")
+        annotator.state.status = f"Found {count} object(s) on slice {frame}."
+        annotator.notify("info", annotator.state.status)
+
+    annotator.state.status = f"Segmenting everything on slice {frame}…"
+    job = Job("segment everything", work, on_yield=on_yield, on_error=annotator.report_failure)
+    annotator.jobs.submit(job)
+    return job
+
+
+def parse_slices(text: str, num_frames: int) -> list[int] | None:
+    """ "all" (or empty) -> None; "3, 7, 10-12" -> [3, 7, 10, 11, 12]; ValueError otherwise."""
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+    frames: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{part!r} is not a slice or a range such as 3 or 10-12")
+        first, last = int(low), int(high or low)
+        if first > last or last >= num_frames:
+            raise ValueError(
+                f"slices {part} are not within 0 to {num_frames - 1} in ascending order"
+            )
+        frames.update(range(first, last + 1))
+    return sorted(frames)
+
+
+def objects_from_labels(annotator, layer: Labels, frames: list[int] | None = None) -> int:
+    """Every label id of ``layer`` on ``frames`` (default: every slice with labels) becomes a
+    mask prompt of the object with that id (new ids join the list); returns the objects made.
+    ``layer`` must have the image's shape."""
+    geometry = annotator.geometry()
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    if tuple(data.shape) != tuple(geometry.shape):
+        raise ValueError(
+            f"The Labels layer {layer.name!r} has shape {tuple(data.shape)}, but the image "
+            f"{annotator.state.image.name!r} has {tuple(geometry.shape)}; choose a layer made "
+            "for this image."
+        )
+    if frames is None:
+        frames = [f for f in range(geometry.num_frames) if np.any(data[geometry.frame_slice(f)])]
+    masks: dict[tuple[int, int], np.ndarray] = {}
+    for frame in frames:
+        slice_labels = np.asarray(data[geometry.frame_slice(frame)])
+        for obj_id in np.unique(slice_labels):
+            if obj_id > 0:
+                masks[(int(obj_id), frame)] = slice_labels == obj_id
+    if not masks:
+        raise ValueError(f"The Labels layer {layer.name!r} has no labels on those slices.")
+    before = set(annotator.state.object_ids)
+    add_mask_objects(annotator, masks, "objects from labels")
+    made = len(set(annotator.state.object_ids) - before)
+    annotator.state.status = (
+        f"{len({k[0] for k in masks})} object(s) from {layer.name!r} on {len(set(frames))} "
+        f"slice(s), {made} new."
+    )
+    annotator.notify("info", annotator.state.status)
+    return made
