@@ -377,3 +377,35 @@ def test_deleting_the_labels_layer_mid_run_says_what_went(user, model, stack, qt
     a.propagate("forward", start=0)
     qtbot.waitUntil(lambda: idle(widget), timeout=TIMEOUT_MS)
     assert a.layers.labels is not labels and frames_with(a.layers.labels) == set(range(5))
+
+
+def test_every_object_buttons_in_the_dock(annotating, qtbot):
+    user, widget = annotating
+    a = widget.annotator
+    viewer = user.viewer
+    widget.points_per_side.value = 2
+    widget.iou_threshold.value = 0.0
+    widget.stability_threshold.value = 0.0
+    widget.advanced.setChecked(True)
+    widget.box_nms.value = 1.0
+    before = set(a.state.object_ids)
+    qtbot.mouseClick(widget.everything_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: idle(widget) and len(a.state.object_ids) > len(before) + 1,
+                    timeout=TIMEOUT_MS)  # fmt: skip
+    found = set(a.state.object_ids) - before
+    assert widget.object_list.count() == len(a.state.object_ids)
+    assert set(np.unique(np.asarray(a.layers.labels.data)[2])) - {0} == found
+    user.key(Qt.Key_Z, Qt.ControlModifier)  # one undo step takes them all back
+    qtbot.waitUntil(lambda: set(a.state.object_ids) == before, timeout=TIMEOUT_MS)
+
+    seeds = np.zeros(np.asarray(a.layers.labels.data).shape, np.uint8)
+    seeds[3, 10:20, 10:20] = 40
+    layer = viewer.add_labels(seeds, name="seeds")
+    widget.seed_picker.value = layer
+    widget.seed_slices.value = "3"
+    qtbot.mouseClick(widget.seed_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: 40 in a.state.object_ids and idle(widget), timeout=TIMEOUT_MS)
+    assert a.session().tracker.prompted_frames(40) == [3]
+    widget.seed_slices.value = "3-99"
+    qtbot.mouseClick(widget.seed_button, Qt.LeftButton)
+    assert "not within 0 to 4" in said(widget, "warning")[-1]

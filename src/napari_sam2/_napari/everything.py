@@ -11,6 +11,7 @@ import numpy as np
 from napari.layers import Labels
 
 from ..engine.automatic import AutomaticMaskGenerator, labels_from_records
+from ..engine.everything import SAME_OBJECT_IOU, match_key_slice
 from .jobs import Job
 from .state import ObjectInfo
 from .writer import next_free_id, write_frame
@@ -48,9 +49,13 @@ def add_mask_objects(annotator, masks: dict[tuple[int, int], np.ndarray], name: 
     return len(new_ids)
 
 
-def segment_everything(annotator, **parameters) -> Job | None:
+def segment_everything(
+    annotator, *, same_object_iou: float = SAME_OBJECT_IOU, **parameters
+) -> Job | None:
     """Find every object on the current slice (SAM 2's automatic mask generator with
-    ``parameters``) in the background; each becomes an object with a mask prompt there."""
+    ``parameters``) in the background; each becomes an object with a mask prompt there. A
+    mask overlapping an object already on the slice with IoU above ``same_object_iou`` is that
+    object (:data:`napari_sam2.engine.everything.SAME_OBJECT_RULE`)."""
     if not annotator.ensure_layers():
         return None
     try:
@@ -60,6 +65,7 @@ def segment_everything(annotator, **parameters) -> Job | None:
     except ValueError as err:
         annotator.notify("error", str(err))
         return None
+
     def work():
         yield generator.generate(session.tracker.frames, frame)
 
@@ -73,10 +79,19 @@ def segment_everything(annotator, **parameters) -> Job | None:
             return
         local = labels_from_records(records, session.geometry.frame_shape)
         labels = annotator.work.layers.labels
+        found = [local == k for k in range(1, int(local.max()) + 1)]
+        # On a later key slice, a mask that overlaps an object already there is that object
+        # (one more conditioning frame for it); the others are new objects.
+        current = np.asarray(labels.data[session.geometry.frame_slice(frame)])
+        matched, new = match_key_slice(found, current, annotator.state.object_ids, same_object_iou)
         start = next_free_id(labels, set(annotator.state.object_ids))
-        masks = {(start + k - 1, frame): local == k for k in range(1, int(local.max()) + 1)}
+        masks = {(obj_id, frame): mask for obj_id, mask in matched.items()}
+        masks.update({(start + k, frame): mask for k, mask in enumerate(new)})
         count = add_mask_objects(annotator, masks, "segment everything")
-        annotator.state.status = f"Found {count} object(s) on slice {frame}."
+        annotator.state.status = (
+            f"Found {len(found)} object(s) on slice {frame}: {count} new, {len(matched)} "
+            "already tracked there."
+        )
         annotator.notify("info", annotator.state.status)
 
     annotator.state.status = f"Segmenting everything on slice {frame}…"

@@ -9,7 +9,9 @@ switching the image or the view orientation meanwhile never writes anywhere else
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,30 @@ NO_MODEL = "No SAM 2 model is loaded yet. Choose a model and press 'Load model',
 KEPT_SESSIONS = 3
 #: Neighbouring slices prepared at most while the annotator is idle.
 MAX_PREFETCH = 6
+#: Seconds without a request before neighbouring slices are prepared.
+IDLE_SECONDS = 0.6
+
+
+class _Stopped(Exception):
+    """Raised between two image-encoder blocks to stop a background feature computation."""
+
+
+@contextlib.contextmanager
+def _stoppable(blocks, stopped: Callable[[], bool]):
+    """While inside, each of ``blocks`` first checks ``stopped()`` and raises :class:`_Stopped`:
+    one image encoding takes seconds on a CPU, a block a fraction of that, so a click waits
+    for one block at most instead of a whole slice."""
+
+    def check(_module, _inputs) -> None:
+        if stopped():
+            raise _Stopped
+
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def nearest_frames(frame: int, num_frames: int):
@@ -184,9 +210,19 @@ class EngineLink:
         """While nothing else runs, compute the features of ``frame`` and its neighbours,
         nearest first (frame, +1, -1, +2, -2, ...), as many as the feature cache holds beside
         ``frame`` (at most ``limit`` neighbours). Any other job stops it at its next slice."""
+        inline = threading.current_thread()
+
         def work():
+            # Start only once the user has paused: a click right after moving to a slice
+            # then never waits behind a neighbour's features (an inline runner does not wait).
+            idle_until = time.monotonic() + IDLE_SECONDS
+            while threading.current_thread() is not inline and time.monotonic() < idle_until:
+                if job.cancelled:
+                    return
+                time.sleep(0.02)
             tracker = session.tracker
             cache = tracker.features
+            blocks = tracker.model.image_encoder.trunk.blocks
             done = 0
             for other in nearest_frames(frame, tracker.num_frames):
                 if other in cache:
@@ -197,7 +233,11 @@ class EngineLink:
                 room = int(cache.max_bytes // per_frame) - 1 if per_frame else limit
                 if done >= min(limit, room):
                     return
-                tracker.prepare(other)
+                try:
+                    with _stoppable(blocks, lambda: job.cancelled):
+                        tracker.prepare(other)
+                except _Stopped:
+                    return  # the user asked for something: the half-computed slice is dropped
                 done += 1
                 yield other
 
