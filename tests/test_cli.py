@@ -279,6 +279,27 @@ def test_ctrl_c_keeps_the_finished_frames(tmp_path, stack_file, points_file, mon
     assert not labels[0].any()  # not finished: 0
 
 
+def test_ctrl_c_while_writing_keeps_every_frame(tmp_path, stack_file, points_file, monkeypatch,
+                                                capsys):  # fmt: skip
+    _fake_model(monkeypatch)
+    out = tmp_path / "labels.tif"
+    out.write_bytes(b"the previous result")
+    real_write = cli.write_labels
+
+    def interrupted_write(path, *args, **kwargs):
+        if Path(path) == out:
+            raise KeyboardInterrupt
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "write_labels", interrupted_write)
+    status, _, err = run(
+        ["segment", stack_file, "--points", points_file, "--out", out, "--overwrite"], capsys
+    )
+    assert status == cli.EXIT_INTERRUPTED and "3 finished frame(s) of 3" in err
+    assert out.read_bytes() == b"the previous result"
+    assert tifffile.imread(tmp_path / "labels.partial.tif").shape == (3, 64, 64)
+
+
 def test_ctrl_c_before_any_frame_writes_nothing(tmp_path, stack_file, points_file, monkeypatch,
                                                  capsys):  # fmt: skip
     _fake_model(monkeypatch)

@@ -309,7 +309,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         except BaseException as error:
             _keep_finished_frames(plan, args, labels, finished, error)
             raise
-    written = write_labels(plan.out, labels, overwrite=args.overwrite, inputs=_input_paths(args))
+    written = _write_output(plan, args, labels, labels, [0] if plan.single else finished)
     if not args.quiet:
         print(f"wrote {written} ({' x '.join(map(str, labels.shape))}, "
               f"{len(plan.object_ids)} object(s))")  # fmt: skip
@@ -429,11 +429,21 @@ def _run_segment_all(args: argparse.Namespace) -> int:
         _keep_finished_frames(plan, args, labels, finished, error)
         raise
     result = labels[0] if plan.single else labels
-    written = write_labels(plan.out, result, overwrite=args.overwrite, inputs=_input_paths(args))
+    written = _write_output(plan, args, result, labels, finished)
     if not args.quiet:
         print(f"wrote {written} ({' x '.join(map(str, result.shape))}, "
               f"{len(tracker.object_ids)} object(s))")  # fmt: skip
     return 0
+
+
+def _write_output(plan, args, result, labels, finished: list[int]):
+    """Write ``result`` to ``--out``; a Ctrl-C during the write keeps the finished frames of
+    ``labels`` in the partial file instead (``--out`` stays as it was)."""
+    try:
+        return write_labels(plan.out, result, overwrite=args.overwrite, inputs=_input_paths(args))
+    except KeyboardInterrupt as error:
+        _keep_finished_frames(plan, args, labels, finished, error)
+        raise
 
 
 def _keep_finished_frames(plan: _Plan, args, labels, finished: list[int], error) -> None:
