@@ -36,7 +36,7 @@ from .jobs import Job, JobQueue, Runner, SyncRunner
 from .layers import ImageLayers
 from .messages import failure_message
 from .model_loading import model_loading_job
-from .prompt_read import plane_key, read_prompts, source_of
+from .prompt_read import PromptSource, plane_key, read_prompts, source_of
 from .state import INTENSITY_MODES, AnnotatorState, ObjectInfo
 from .sync import NO_IMAGE, NO_MODEL, EngineLink, EngineSession
 from .writer import erase_object, next_free_id, write_frame
@@ -225,7 +225,6 @@ class Annotator:
             on_edit=self._on_prompt_edit,
             on_paint=self._on_paint,
             defaults=self._defaults,
-            keys={},
         )
 
     @property
@@ -521,19 +520,7 @@ class Annotator:
                 self.warn_once(str(err))
             return
         layers = work.layers
-        image = session.image
-        points = source_of(layers.points, image) if layers.alive(layers.points) else None
-        shapes = source_of(layers.shapes, image) if layers.alive(layers.shapes) else None
-        if points is None and "points" in layers.lost:
-            points = _lost_source(layers.lost["points"], layers, image)
-        if shapes is None and "shapes" in layers.lost:
-            shapes = _lost_source(layers.lost["shapes"], layers, image)
-        painted = {
-            key: mask
-            for key, mask in work.painted.items()
-            if mask.shape == session.geometry.frame_shape
-        }
-        read = read_prompts(points, shapes, image, session.geometry, painted)
+        read = self.read_prompts(session)
         for text in read.problems:
             self.warn_once(text)
         if read.other_plane:
@@ -586,15 +573,25 @@ class Annotator:
         return self.state.positive
 
     # ------------------------------------------------------------------ prompt files
-    def read_prompts(self):
-        """A pure read of the current plane's prompts (:class:`~.prompt_read.PromptRead`)."""
+    def read_prompts(self, session: EngineSession | None = None):
+        """A pure read of the current plane's prompts (:class:`~.prompt_read.PromptRead`):
+        the prompt layers, what a deleted prompt layer held, and the painted masks."""
         work = self.work
-        session = self.session()
+        session = session or self.session()
         layers = work.layers
         image = session.image
         points = source_of(layers.points, image) if layers.alive(layers.points) else None
         shapes = source_of(layers.shapes, image) if layers.alive(layers.shapes) else None
-        return read_prompts(points, shapes, image, session.geometry, work.painted)
+        if points is None and "points" in layers.lost:
+            points = _lost_source(layers.lost["points"])
+        if shapes is None and "shapes" in layers.lost:
+            shapes = _lost_source(layers.lost["shapes"])
+        painted = {
+            key: mask
+            for key, mask in work.painted.items()
+            if mask.shape == session.geometry.frame_shape
+        }
+        return read_prompts(points, shapes, image, session.geometry, painted)
 
     def save_prompts(self, path, *, overwrite: bool = False) -> bool:
         """Write every object, the prompts of this plane and the settings to one prompt file
@@ -862,12 +859,9 @@ def _touched(atoms: list, geometry: SliceGeometry) -> dict[int, set[int]]:
     return touched
 
 
-def _lost_source(content, layers: ImageLayers, image: Image):
+def _lost_source(content):
     """A deleted prompt layer's content as a prompt source (it was aligned with the image)."""
-    from .prompt_read import PromptSource
-
     if content.shape_type is not None:
-        return PromptSource(
-            [np.asarray(v) for v in content.data], content.features, list(content.shape_type)
-        )
+        vertices = [np.asarray(v) for v in content.data]
+        return PromptSource(vertices, content.features, list(content.shape_type))
     return PromptSource(np.asarray(content.data), content.features)

@@ -10,7 +10,7 @@ prompt layer held, so the prompts come back with the next layer instead of vanis
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,8 +104,6 @@ class ImageLayers:
             the annotator did not make itself (a brush stroke, a fill, an erase).
         defaults: returns the feature defaults of the next prompt: ``object``, ``label``
             (polarity) and ``plane``.
-        keys: key name -> action, bound on these layers (their own bindings, such as the
-            Labels layer's Ctrl+Z, would otherwise win while they are active).
     """
 
     def __init__(
@@ -116,7 +114,6 @@ class ImageLayers:
         on_edit: Callable[[], None],
         on_paint: Callable[[list], None],
         defaults: Callable[[], dict],
-        keys: Mapping[str, Callable[[], object]],
     ) -> None:
         self.viewer = viewer
         self.image = image
@@ -126,7 +123,6 @@ class ImageLayers:
         self._on_edit = on_edit
         self._on_paint = on_paint
         self._defaults = defaults
-        self._keys = dict(keys)
         self._muted = 0
         self.lost: dict[str, LayerContent] = {}
         self._adopt()
@@ -210,8 +206,6 @@ class ImageLayers:
         self._attach(layer)
 
     def _attach(self, layer) -> None:
-        for key, action in self._keys.items():
-            layer.bind_key(key, _as_key_handler(action), overwrite=True)
         if isinstance(layer, Points | Shapes):
             layer.events.data.connect(self._on_data)
         if isinstance(layer, Points) and self._on_press not in layer.mouse_drag_callbacks:
@@ -404,10 +398,3 @@ class ImageLayers:
             vertex[row_axis], vertex[col_axis] = row_from[row_axis], col_from[col_axis]
         shapes.feature_defaults = {"object": defaults["object"], "plane": defaults["plane"]}
         shapes.add_rectangles(vertices)
-
-
-def _as_key_handler(action: Callable[[], object]) -> Callable[[object], None]:
-    def handler(_layer) -> None:
-        action()
-
-    return handler
