@@ -13,6 +13,7 @@ logits > 0.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 from ..model.common import sine_position_encoding_2d
 from ..model.sam2 import SAM2, FrameFeatures, Prediction
 from .device import resolve_device
+from .feature_store import FeatureStore
 from .features import FeatureCache
 from .frames import FrameSource
 from .holes import fill_small_holes
@@ -84,6 +86,20 @@ class Tracker:
     back when needed, with the same results. None: 4 GiB, or half the memory available now when
     that is less (:func:`~napari_sam2.engine.memory_estimate.default_state_ram_bytes`).
     :meth:`close` removes the folder; so does garbage collection.
+
+    ``feature_store``: a folder (or an open
+    :class:`~napari_sam2.engine.feature_store.FeatureStore`) that keeps image features on
+    disk, keyed by the data signature of these frames and this model
+    (:func:`~napari_sam2.engine.data_signature.data_signature`); a store made for other data
+    or another model raises :class:`~napari_sam2.engine.feature_store.FeatureStoreMismatch`.
+    A frame's features come from the RAM cache, else from the store, else they are computed,
+    and with ``fill_feature_store`` (default) computed frames are written to the store (which
+    is created when absent; without ``fill_feature_store`` it must exist and is only read).
+    The store holds bfloat16: with a store, features are always used as the store gives them
+    (computed ones rounded to bfloat16 first), so results are the same whether a frame was in
+    the store or not, and within bfloat16 rounding of the results without a store. Levels read
+    back are cast to the precision in use (the stride-16 level to float32, as the encoder
+    gives it). :attr:`feature_store` is the open store or None.
     """
 
     def __init__(
@@ -104,6 +120,8 @@ class Tracker:
         label_dtype: np.dtype | type = np.uint32,
         state_ram_bytes: int | None = None,
         state_spill_dir: str | os.PathLike | None = None,
+        feature_store: str | os.PathLike | FeatureStore | None = None,
+        fill_feature_store: bool = True,
     ) -> None:
         self.label_dtype = np.dtype(label_dtype)
         if self.label_dtype.kind not in "iu":
@@ -144,6 +162,10 @@ class Tracker:
         side = config.feature_size
         self._top_pos = sine_position_encoding_2d(side, side, model.hidden_dim, device=self.device)
         self._memory_pos = model.memory_position(self.device)
+        self.fill_feature_store = bool(fill_feature_store)
+        self.feature_store: FeatureStore | None = None
+        if feature_store is not None:
+            self.feature_store = self._open_feature_store(feature_store)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -186,26 +208,86 @@ class Tracker:
 
     # ------------------------------------------------------------------ features
     def prepare(self, frame: int) -> None:
-        """Compute and cache ``frame``'s image features (the slow step of a first click)."""
+        """Compute and cache ``frame``'s image features (the slow step of a first click); with
+        a feature store, read them from it, or compute them and write them to it when filling."""
         validate_frame_index(frame, self.num_frames)
         self._features(frame)
 
     def _features(self, frame: int, *, remember: bool = True) -> FrameFeatures:
-        """The frame's image features, from the cache or computed. ``remember=False`` (used by
+        """The frame's image features: from the RAM cache, else the feature store, else
+        computed (and written to the store when filling it). ``remember=False`` (used by
         propagation, which reads each frame once) leaves the cache as it was, so memory stays
         flat however long the stack."""
         cached = self.features.get(frame)
         if cached is None:
-            image = self.frames.model_input(frame, self._image_size, device=self.device)
-            with torch.inference_mode(), self._autocast():
-                encode = self._compiled_encoder or self.model.encode_image
-                encoded = encode(image)
-            # The position encoding is the same for every frame: keep one copy.
-            cached = (*encoded.high_res, encoded.top)
+            cached = self._stored_features(frame)
+            if cached is None:
+                image = self.frames.model_input(frame, self._image_size, device=self.device)
+                with torch.inference_mode(), self._autocast():
+                    encode = self._compiled_encoder or self.model.encode_image
+                    encoded = encode(image)
+                # The position encoding is the same for every frame: keep one copy.
+                cached = (*encoded.high_res, encoded.top)
+                if self.feature_store is not None:
+                    cached = self._through_store(frame, cached)
             if remember:
                 self.features.put(frame, cached)
         s0, s1, top = cached
         return FrameFeatures([s0, s1], top, self._top_pos.to(top.dtype))
+
+    # ------------------------------------------------------------------ feature store
+    def _open_feature_store(self, store: str | os.PathLike | FeatureStore) -> FeatureStore:
+        from .data_signature import data_signature
+
+        signature = data_signature(self.frames, self.model)
+        if isinstance(store, FeatureStore):
+            store.check_signature(signature)
+            return store
+        return FeatureStore.open(store, signature, create=self.fill_feature_store)
+
+    def _stored_features(self, frame: int) -> tuple[torch.Tensor, ...] | None:
+        """The frame's levels from the feature store, on the device and in the precision in
+        use, or None (no store, or the frame is not in it)."""
+        if self.feature_store is None:
+            return None
+        try:
+            levels = self.feature_store.read(frame)
+        except Exception as err:  # a damaged chunk: compute the frame rather than fail
+            warnings.warn(
+                f"could not read frame {frame} from the feature store "
+                f"{str(self.feature_store.path)!r} ({err}); computing it instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return None if levels is None else self._from_store(levels)
+
+    def _from_store(self, levels) -> tuple[torch.Tensor, ...]:
+        """bfloat16 levels -> the device, s0 and s1 in the precision in use and top in float32
+        (the dtypes the encoder gives under autocast)."""
+        s0, s1, top = levels
+        return (
+            s0.to(self.device, self._dtype),
+            s1.to(self.device, self._dtype),
+            top.to(self.device, torch.float32),
+        )
+
+    def _through_store(self, frame: int, computed) -> tuple[torch.Tensor, ...]:
+        """Computed levels rounded to bfloat16 as the store holds them (written to it when
+        filling), so a frame gives the same results whether it was in the store or not."""
+        halves = tuple(level.detach().to(torch.bfloat16) for level in computed)
+        if self.fill_feature_store:
+            try:
+                self.feature_store.write(frame, halves)
+            except OSError as err:  # a full disk or lost permission must not stop the work
+                warnings.warn(
+                    f"could not write frame {frame} to the feature store "
+                    f"{str(self.feature_store.path)!r} ({err}); not filling it any more",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.fill_feature_store = False
+        return self._from_store(halves)
 
     # ------------------------------------------------------------------ prompts
     def set_prompts(
