@@ -283,9 +283,11 @@ def _plane_of_prompt_file(args: argparse.Namespace, image):
     return image[axes.index]
 
 
-def _run_segment(args: argparse.Namespace) -> int:
-    plan = _Plan(args)  # every check before the slow part, so a typo fails at once
-    model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
+def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None) -> int:
+    """``segment``; ``batch`` passes the row's checked plan and its worker's cached model."""
+    plan = _Plan(args) if plan is None else plan  # every check before the slow part
+    if model is None:
+        model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
     from .engine.session import label_frame
     from .engine.tracker import Tracker
 
@@ -492,9 +494,10 @@ def _ranges(frames: list[int]) -> str:
 class _ProgressBar:
     """A tqdm bar on stderr fed by ``update(done, total)``; silent when disabled."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, desc: str = "segmenting", unit: str = "frame") -> None:
         self._enabled = enabled
         self._bar = None
+        self._desc, self._unit = desc, unit
 
     def __enter__(self) -> _ProgressBar:
         return self
@@ -505,7 +508,7 @@ class _ProgressBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="frame", desc="segmenting", file=sys.stderr)
+            self._bar = tqdm(total=total, unit=self._unit, desc=self._desc, file=sys.stderr)
         self._bar.update(done - self._bar.n)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -558,6 +561,22 @@ def _add_segment_options(seg: argparse.ArgumentParser, prompts: bool = True) -> 
     seg.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists (atomically)"
     )
+    _add_model_options(seg)
+    _add_direction_option(seg)
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _add_direction_option(seg: argparse.ArgumentParser) -> None:
+    seg.add_argument(
+        "--direction",
+        choices=("both", "forward", "backward"),
+        default="both",
+        help="propagation direction from the prompted frames (default: both)",
+    )
+
+
+def _add_model_options(seg: argparse.ArgumentParser) -> None:
+    """The network and frame-layout options (shared with ``precompute`` and ``batch``)."""
     seg.add_argument(
         "--model", default=None, help=f"preset name (default: {DEFAULT_MODEL})"
     )
@@ -584,13 +603,6 @@ def _add_segment_options(seg: argparse.ArgumentParser, prompts: bool = True) -> 
         metavar=("LO", "HI"),
         help="intensity range mapped to black and white (default: robust percentiles)",
     )
-    seg.add_argument(
-        "--direction",
-        choices=("both", "forward", "backward"),
-        default="both",
-        help="propagation direction from the prompted frames (default: both)",
-    )
-    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
 def _add_segment_all(commands) -> None:
@@ -693,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_options(seg)
     seg.set_defaults(handler=_run_segment)
     _add_segment_all(commands)
+    from .cli_cluster import add_cluster_commands  # precompute and batch (dask.distributed)
+
+    add_cluster_commands(commands)
 
     models = commands.add_parser("models", help="list model presets and their download status")
     models.set_defaults(handler=_run_models)
