@@ -69,23 +69,30 @@ def _gpu_count() -> int:
         return 0
 
 
-def local_layout(workers: int | None = None, *, gpus: int | None = None) -> LocalLayout:
+def local_layout(
+    workers: int | None = None, *, gpus: int | None = None, threads: int | None = None
+) -> LocalLayout:
     """The default local cluster: one worker per GPU when torch sees GPUs, else one per core up
     to :data:`MAX_CPU_WORKERS`; the cores are shared out as torch threads.
 
     Args:
         workers: the number of worker processes instead of the default (at least 1).
         gpus: the GPUs to plan for (default: what torch sees).
+        threads: torch threads per worker instead of the cores shared out (at least 1).
     """
-    if workers is not None and (
-        isinstance(workers, bool) or int(workers) != workers or workers < 1
-    ):
-        raise ValueError(f"the number of workers must be a whole number >= 1, got {workers!r}")
+    _check_count("the number of workers", workers)
+    _check_count("torch threads per worker", threads)
     gpus = _gpu_count() if gpus is None else int(gpus)
     cores = cpu_count()
     if workers is None:
         workers = gpus if gpus else min(cores, MAX_CPU_WORKERS)
-    return LocalLayout(int(workers), max(1, cores // int(workers)), gpus)
+    share = max(1, cores // int(workers)) if threads is None else int(threads)
+    return LocalLayout(int(workers), share, gpus)
+
+
+def _check_count(what: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -93,6 +100,7 @@ def connect(
     scheduler: str | None = None,
     *,
     workers: int | None = None,
+    threads: int | None = None,
     quiet: bool = True,
 ) -> Iterator:
     """A :class:`distributed.Client` on a local cluster of processes, or on ``scheduler``.
@@ -102,6 +110,7 @@ def connect(
             :class:`distributed.LocalCluster` on this machine, closed again on exit.
         workers: worker processes of the local cluster (default: :func:`local_layout`); not
             allowed with ``scheduler``, whose workers are already running.
+        threads: torch threads per local worker (default: the cores shared out).
         quiet: keep the cluster's log lines (worker start and stop) off the terminal.
 
     Yields:
@@ -115,7 +124,7 @@ def connect(
     """
     distributed = require_distributed()
     if scheduler is not None:
-        if workers is not None:
+        if workers is not None or threads is not None:
             raise ValueError(
                 "the number of workers is set for a local cluster only; an existing cluster "
                 f"({scheduler}) uses the workers it was started with"
@@ -134,14 +143,15 @@ def connect(
             client.close()
         return
 
-    layout = local_layout(workers)
+    layout = local_layout(workers, threads=threads)
     threads = str(layout.torch_threads)
     cluster = distributed.LocalCluster(
         n_workers=layout.workers,
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
-        silence_logs=logging.ERROR if quiet else logging.WARNING,
+        # the errors that matter come back to the client with the task's exception
+        silence_logs=logging.CRITICAL if quiet else logging.WARNING,
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
     )
     try:

@@ -229,7 +229,7 @@ def precompute(
     futures = [
         client.submit(compute_chunk, job, chunk, retries=RETRIES, pure=False) for chunk in chunks
     ]
-    if progress is not None:
+    if progress is not None and total:
         progress(0, total)
     done = 0
     try:

@@ -1,0 +1,147 @@
+"""Precompute on dask.distributed: throughput against worker processes, and memory per worker.
+
+``scale`` fills a fresh feature store from the same on-disk stack with each cluster layout in
+``--layouts`` (``WORKERSxTHREADS``: worker processes x torch threads each), and prints the
+throughput (computed frames per second of wall time, from the first chunk sent to the last one
+finished) and its ratio to the first layout. Each layout gets its own local cluster; before the
+timed run, a warm-up store of one chunk per worker makes every worker build the network and
+encode a frame, so the timed run measures the steady state, not start-up::
+
+    python bench/precompute.py scale --frames 16 --layouts 1x1 1x2 2x1
+
+``memory`` fills a store for stacks of each length in ``--lengths`` on a fresh 2-worker
+cluster per length, and prints each worker's peak RSS (``ru_maxrss`` of the worker process,
+from start-up to the end of the run, the network included) and its RSS split into anonymous
+memory and mapped files at the end::
+
+    python bench/precompute.py memory --lengths 50 200
+
+Both use random weights of ``--preset`` (sam2.1_hiera_tiny) saved to a checkpoint file that
+the workers load, at input size ``--image-size`` (512), on ``--side`` x ``--side`` uint16
+frames (512) written as an uncompressed TIFF that workers memory-map. Run from the repository
+root: ``.venv/bin/python bench/precompute.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import tifffile
+import torch
+from _harness import SyntheticStack, cpu_model
+
+from napari_sam2.distributed.cluster import connect
+from napari_sam2.distributed.precompute import FeatureJob, precompute
+from napari_sam2.distributed.worker import ModelOptions
+from napari_sam2.model import build_sam2
+
+
+def write_stack(path: Path, frames: int, side: int) -> Path:
+    """A (frames, side, side) uint16 TIFF, written frame by frame (never whole in memory)."""
+    stack = SyntheticStack(frames, side, side)
+    tifffile.imwrite(path, (stack.frame(i) for i in range(frames)),
+                     shape=stack.shape, dtype=stack.dtype)  # fmt: skip
+    return path
+
+
+def worker_memory() -> dict:
+    """This worker process's peak RSS and its current anonymous and file-backed RSS, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                status[key] = int(value.split()[0]) / 1024
+    return {"peak_rss_mib": round(peak, 1), **{k: round(v, 1) for k, v in status.items()}}
+
+
+def job(args, stack: Path, store: Path, checkpoint: Path) -> FeatureJob:
+    return FeatureJob(
+        stack=str(stack),
+        store=str(store),
+        model=ModelOptions(args.preset, str(checkpoint), args.image_size, "cpu"),
+        precision=args.precision,
+        intensity_range=(0, 4000),
+    )
+
+
+def scale(args, folder: Path, checkpoint: Path) -> None:
+    stack = write_stack(folder / "scale.tif", args.frames, args.side)
+    rows = []
+    for layout in args.layouts:
+        workers, threads = (int(n) for n in layout.lower().split("x"))
+        warm = write_stack(folder / f"warm{layout}.tif", 2 * workers, args.side)
+        with connect(workers=workers, threads=threads) as client:
+            precompute(job(args, warm, folder / f"warm{layout}.zarr", checkpoint),
+                       client=client, chunk_frames=1)  # fmt: skip
+            report = precompute(job(args, stack, folder / f"scale{layout}.zarr", checkpoint),
+                                client=client, chunk_frames=args.chunk_frames)  # fmt: skip
+        assert report.computed == args.frames, report
+        rows.append({
+            "layout": f"{workers} worker(s) x {threads} thread(s)",
+            "frames": report.computed,
+            "seconds": round(report.compute_seconds, 2),
+            "frames_per_s": round(report.frames_per_second, 3),
+            "workers_used": len(set(report.pids)),
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["frames_per_s"]
+    for row in rows:
+        print(f"{row['layout']}: {row['frames_per_s']:.3f} frames/s, "
+              f"ratio to {rows[0]['layout']}: {row['frames_per_s'] / base:.2f}")  # fmt: skip
+
+
+def memory(args, folder: Path, checkpoint: Path) -> None:
+    for length in args.lengths:
+        stack = write_stack(folder / f"mem{length}.tif", length, args.side)
+        with connect(workers=2) as client:
+            start = time.perf_counter()
+            report = precompute(job(args, stack, folder / f"mem{length}.zarr", checkpoint),
+                                client=client, chunk_frames=args.chunk_frames)  # fmt: skip
+            seconds = time.perf_counter() - start
+            per_worker = client.run(worker_memory)
+        assert report.computed == length, report
+        stack_mib = os.path.getsize(stack) / 2**20
+        print(json.dumps({"frames": length, "stack_mib": round(stack_mib, 1),
+                          "seconds": round(seconds, 1), "workers": list(per_worker.values())}),
+              flush=True)  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("scale", "memory"):
+        mode = sub.add_parser(name)
+        mode.add_argument("--preset", default="sam2.1_hiera_tiny")
+        mode.add_argument("--image-size", type=int, default=512)
+        mode.add_argument("--side", type=int, default=512, help="frame height and width")
+        mode.add_argument("--precision", default="auto")
+        mode.add_argument("--chunk-frames", type=int, default=None)
+        mode.add_argument("--folder", default=None, help="where stacks and stores go")
+    sub.choices["scale"].add_argument("--frames", type=int, default=16)
+    sub.choices["scale"].add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"])
+    sub.choices["memory"].add_argument("--lengths", type=int, nargs="+", default=[50, 200])
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(dir=args.folder) as temp:
+        folder = Path(temp)
+        checkpoint = folder / "random.pt"
+        torch.manual_seed(0)
+        model = build_sam2(args.preset, image_size=args.image_size)
+        torch.save({"model": model.state_dict()}, checkpoint)
+        del model
+        print(f"# {cpu_model()}; {os.cpu_count()} cores; {args.preset} random weights at "
+              f"{args.image_size}, {args.side}x{args.side} uint16 frames, precision "
+              f"{args.precision}")  # fmt: skip
+        (scale if args.mode == "scale" else memory)(args, folder, checkpoint)
+
+
+if __name__ == "__main__":
+    main()
