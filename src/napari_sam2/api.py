@@ -64,6 +64,9 @@ def segment(
     progress: ProgressCallback | None = None,
     masks: Any = None,
     mask_frames: Sequence[int] | None = None,
+    feature_store: str | os.PathLike[str] | None = None,
+    roi: bool = False,
+    roi_margin: float | None = None,
 ) -> np.ndarray:
     """Segment the prompted objects of an image or through a stack with SAM 2.
 
@@ -112,6 +115,21 @@ def segment(
             of one id: several conditioning frames). They share the id space with ``boxes``
             (box ``i`` is object ``i + 1``) and ``prompts``.
         mask_frames: the slices of ``masks`` to seed from; None takes every slice with labels.
+        feature_store: a folder that keeps the image features on disk (a zarr store, created
+            when absent; needs ``pip install 'napari-sam2[cluster]'``): frames found there are
+            read instead of computed, and computed ones are added, so a second run on the same
+            image and model computes nothing. A store made for other data or another model
+            raises :class:`~napari_sam2.engine.feature_store.FeatureStoreMismatch`. Results
+            equal those without a store within bfloat16 rounding of the features.
+        roi: work on a region around each object instead of the whole slice squashed to the
+            input size: for slices much larger than the input size, where small objects lose
+            their detail. Each region is set from the object's prompts with ``roi_margin``,
+            follows the object through the stack, and its result is pasted back at full
+            resolution (see :mod:`napari_sam2.engine.roi`). It costs one image encoding per
+            object and slice; a slice no larger than the input size is one region, with the
+            plain result. Not with ``feature_store``.
+        roi_margin: with ``roi``, the share of an object's size added on each side of it
+            (default 0.5: the region is twice the object's size, and at least the input size).
 
     Returns:
         uint32 labels, (num_frames, H, W) for a stack and (H, W) for a single image. Each pixel
@@ -154,6 +172,9 @@ def segment(
         channel_axis=channel_axis,
         intensity_range=intensity_range,
         precision=precision,
+        feature_store=feature_store,
+        roi=roi,
+        roi_margin=roi_margin,
     )
     single = _is_single_image(image, tracker)
     if masks is not None:
@@ -267,13 +288,23 @@ def _network(model: Any, checkpoint: Any, image_size: int | None, device: Any) -
     return build_sam2(model, checkpoint=checkpoint, image_size=image_size, device=device)
 
 
-def _tracker(image, model, checkpoint, image_size, device, **options):
-    """A Tracker over ``image`` on the network that ``model`` names or is; with a built
-    ``model``, device "auto" keeps it where it is."""
+def _tracker(
+    image, model, checkpoint, image_size, device, *, roi=False, roi_margin=None, **options
+):
+    """A Tracker over ``image`` on the network that ``model`` names or is (a RegionTracker
+    with ``roi``); with a built ``model``, device "auto" keeps it where it is."""
     from .engine.tracker import Tracker
 
+    if roi_margin is not None and not roi:
+        raise ValueError("roi_margin is the margin of a region of interest: pass roi=True too")
     network = _network(model, checkpoint, image_size, device)
     tracker_device = None if not isinstance(model, str) and _is_auto(device) else device
+    if roi:
+        from .engine.region_tracker import RegionTracker
+        from .engine.roi import DEFAULT_MARGIN
+
+        margin = DEFAULT_MARGIN if roi_margin is None else roi_margin
+        return RegionTracker(network, image, device=tracker_device, margin=margin, **options)
     return Tracker(network, image, device=tracker_device, **options)
 
 
@@ -376,6 +407,7 @@ def segment_all(
     same_object_iou: float = 0.5,
     direction: str = "both",
     progress: ProgressCallback | None = None,
+    feature_store: str | os.PathLike[str] | None = None,
     **amg_parameters: Any,
 ) -> np.ndarray:
     """Segment everything on key frames and track every object through the stack.
@@ -389,7 +421,7 @@ def segment_all(
 
     Args:
         image, model, checkpoint, image_size, device, precision, axis, channel_axis,
-            intensity_range, direction: as for :func:`segment`.
+            intensity_range, direction, feature_store: as for :func:`segment`.
         frames: the key frames (indices along ``axis``; ``(0,)`` for a single image).
         same_object_iou: the IoU threshold above which a mask of a later key frame is an
             object already tracked there, in [0, 1].
@@ -421,6 +453,7 @@ def segment_all(
         channel_axis=channel_axis,
         intensity_range=intensity_range,
         precision=precision,
+        feature_store=feature_store,
     )
     generator = AutomaticMaskGenerator(tracker.model, settings, device=tracker.device)
     labels = track_everything(

@@ -4,6 +4,7 @@
 
     napari-sam2 segment STACK.tif --points points.csv [--boxes boxes.csv] --out labels.tif
     napari-sam2 segment STACK.tif --masks seeds.tif [--mask-frame K ...] --out labels.tif
+    napari-sam2 segment BIG.tif --points points.csv --roi [--roi-margin 0.5] --out labels.tif
     napari-sam2 segment-all STACK.tif --frame K [--frame K2 ...] --out labels.tif
     napari-sam2 models
     napari-sam2 demo
@@ -190,7 +191,42 @@ def _tracker_options(args: argparse.Namespace) -> dict[str, Any]:
         "channel_axis": args.channel_axis,
         "intensity_range": None if args.range is None else tuple(args.range),
         "precision": args.precision,
+        "feature_store": getattr(args, "store", None),
     }
+
+
+def _tracker_class(args: argparse.Namespace):
+    """What ``segment`` tracks with: a Tracker, or with ``--roi`` a RegionTracker."""
+    if not getattr(args, "roi", False):
+        from .engine.tracker import Tracker
+
+        return Tracker
+    import functools
+
+    from .engine.region_tracker import RegionTracker
+
+    return functools.partial(RegionTracker, margin=args.roi_margin)
+
+
+def _check_roi_options(args: argparse.Namespace) -> None:
+    """--roi and --roi-margin, checked before the model; sets the default margin."""
+    import math
+
+    from .engine.roi import DEFAULT_MARGIN
+
+    roi, margin = getattr(args, "roi", False), getattr(args, "roi_margin", None)
+    if margin is not None and not roi:
+        raise CommandError("--roi-margin is the margin of --roi's regions: add --roi")
+    if not roi:
+        return
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise CommandError(f"--roi-margin must be a number of at least 0, got {margin}")
+    if getattr(args, "store", None) is not None:
+        raise CommandError(
+            "--roi works on crops around each object and --store keeps features of whole "
+            "slices: use one or the other"
+        )
+    args.roi_margin = DEFAULT_MARGIN if margin is None else margin
 
 
 class _Plan:
@@ -217,6 +253,8 @@ class _Plan:
             config = get_config(args.model, args.image_size)
         except ValueError as err:
             raise CommandError(f"--image-size {args.image_size}: {_one_line(err)}") from None
+        _check_store_option(args)
+        _check_roi_options(args)
         self.image = read_stack(args.stack)
         if args.prompt_file is not None and args.prompt_file.plane is not None:
             self.image = _plane_of_prompt_file(args, self.image)
@@ -248,6 +286,24 @@ class _Plan:
                 channels=3 if self.frames.layout != "grey" else 1,
             )
         )
+
+
+def _check_store_option(args: argparse.Namespace) -> None:
+    """--store needs zarr, and a folder that is not an input: checked before the model."""
+    store = getattr(args, "store", None)
+    if store is None:
+        return
+    try:
+        import zarr  # noqa: F401
+    except ImportError:
+        raise CommandError(
+            "--store needs the zarr package: pip install 'napari-sam2[cluster]'"
+        ) from None
+    for name in _input_paths(args):
+        if _io._same_file(Path(store), Path(name)):
+            raise CommandError(
+                f"--store {store} is the input {name}; give the store its own folder"
+            )
 
 
 def _frame_layout(args: argparse.Namespace, image):
@@ -289,9 +345,9 @@ def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None
     if model is None:
         model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
     from .engine.session import label_frame
-    from .engine.tracker import Tracker
 
-    tracker = Tracker(model, plan.image, **_tracker_options(args), label_dtype=plan.label_dtype)
+    make = _tracker_class(args)
+    tracker = make(model, plan.image, **_tracker_options(args), label_dtype=plan.label_dtype)
     height, width = tracker.frame_shape
     for prompt in plan.prompts:
         tracker.set_prompts(prompt.frame, prompt.obj_id, **prompt.engine_kwargs())
@@ -373,6 +429,7 @@ class _SegmentAllPlan:
         self.settings = AutomaticMaskSettings.from_options(**given)
         if not 0.0 <= args.same_object_iou <= 1.0:
             raise CommandError(f"--same-object-iou must be in [0, 1], got {args.same_object_iou}")
+        _check_store_option(args)
         self.image = read_stack(args.stack)
         self.frames, self.single = _frame_layout(args, self.image)
         self.num_frames = self.frames.num_frames
@@ -561,9 +618,31 @@ def _add_segment_options(seg: argparse.ArgumentParser, prompts: bool = True) -> 
     seg.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists (atomically)"
     )
+    seg.add_argument(
+        "--store",
+        metavar="DIR.zarr",
+        help="keep image features in this feature store (created if absent, filled with the "
+        "frames computed; a store made for other data or another model is refused)",
+    )
     _add_model_options(seg)
     _add_direction_option(seg)
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _add_roi_options(seg: argparse.ArgumentParser) -> None:
+    seg.add_argument(
+        "--roi",
+        action="store_true",
+        help="work on a region around each object instead of the whole slice squashed to the "
+        "input size (for slices much larger than it): regions follow the objects and results "
+        "are pasted back at full resolution; one image encoding per object and slice",
+    )
+    seg.add_argument(
+        "--roi-margin",
+        type=float,
+        metavar="M",
+        help="with --roi: share of an object's size added on each side of it (default 0.5)",
+    )
 
 
 def _add_direction_option(seg: argparse.ArgumentParser) -> None:
@@ -703,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_segment_options(seg)
+    _add_roi_options(seg)
     seg.set_defaults(handler=_run_segment)
     _add_segment_all(commands)
     from .cli_cluster import add_cluster_commands  # precompute and batch (dask.distributed)

@@ -79,7 +79,7 @@ def data_signature(frames: Any, model: torch.nn.Module | None = None, **frame_op
     return {
         "features_version": FEATURES_VERSION,
         "shape": [int(n) for n in source._shape],
-        "dtype": str(source.dtype),
+        "dtype": source.dtype.name,
         "axis": tracked,
         "channel_axis": colour_axis,
         "layout": source.layout,
@@ -128,7 +128,7 @@ def content_hash(
     stride = max(1, math.ceil(math.sqrt(height * width / max(1, int(pixels)))))
     digest = hashlib.sha256()
     indices = sample_frames(source.num_frames, frames)
-    digest.update(repr((indices, stride, str(source.dtype))).encode())
+    digest.update(repr((indices, stride, source.dtype.name)).encode())
     for index in indices:
         sample = _strided_frame(source, index, stride)
         sample = np.ascontiguousarray(sample)
