@@ -122,9 +122,13 @@ def parse_slices(text: str, num_frames: int) -> list[int] | None:
 def objects_from_labels(annotator, layer: Labels, frames: list[int] | None = None) -> int:
     """Every label id of ``layer`` on ``frames`` (default: every slice with labels) becomes a
     mask prompt of the object with that id (new ids join the list); returns the objects made.
-    ``layer`` must have the image's shape."""
+    ``layer`` must have the image's shape (at the pyramid level read, for a multiscale one)."""
     geometry = annotator.geometry()
-    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    # Read slice by slice: a dask or zarr Labels layer is never loaded whole.
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        levels = [level for level in data if tuple(level.shape) == tuple(geometry.shape)]
+        data = levels[0] if levels else data[0]
     if tuple(data.shape) != tuple(geometry.shape):
         raise ValueError(
             f"The Labels layer {layer.name!r} has shape {tuple(data.shape)}, but the image "
@@ -132,7 +136,10 @@ def objects_from_labels(annotator, layer: Labels, frames: list[int] | None = Non
             "for this image."
         )
     if frames is None:
-        frames = [f for f in range(geometry.num_frames) if np.any(data[geometry.frame_slice(f)])]
+        frames = [
+            f for f in range(geometry.num_frames)
+            if np.asarray(data[geometry.frame_slice(f)]).any()
+        ]  # fmt: skip
     masks: dict[tuple[int, int], np.ndarray] = {}
     for frame in frames:
         slice_labels = np.asarray(data[geometry.frame_slice(frame)])

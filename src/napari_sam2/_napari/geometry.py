@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .multiscale import downsample_factors, level_data, level_shapes, to_level, to_level0
+
 __all__ = ["SliceGeometry", "current_data_position", "geometry_for", "layer_array"]
 
 
@@ -30,6 +32,10 @@ class SliceGeometry:
         channel_axis: layer axis holding channels handed to the engine, or None.
         held: ``((axis, index), ...)``: non-displayed axes fixed at an index, sorted by axis.
         rgb: whether the layer's data has a trailing RGB(A) axis (after ``shape``).
+        level: the level of a multiscale layer the frames are read from (0 otherwise); every
+            axis number, index and ``shape`` here is in that level's data coordinates.
+        factors: per-axis downsample factors of ``level`` (level-0 coordinate = level
+            coordinate x factor, napari's rule, see :mod:`.multiscale`), or None for level 0.
     """
 
     shape: tuple[int, ...]
@@ -38,6 +44,16 @@ class SliceGeometry:
     channel_axis: int | None = None
     held: tuple[tuple[int, int], ...] = field(default_factory=tuple)
     rgb: bool = False
+    level: int = 0
+    factors: tuple[float, ...] | None = None
+
+    def to_level(self, coords) -> np.ndarray:
+        """Level-0 data coordinates of the layer (..., ndim) -> this geometry's level."""
+        return to_level(coords, self.factors)
+
+    def to_level0(self, coords) -> np.ndarray:
+        """Coordinates (..., ndim) of this geometry's level -> the layer's level-0 data."""
+        return to_level0(coords, self.factors)
 
     @property
     def ndim(self) -> int:
@@ -127,18 +143,21 @@ class SliceGeometry:
 
     def key(self) -> tuple:
         """Hashable identity: two geometries with equal keys read the same frames."""
-        return (self.shape, self.frame_axes, self.tracked_axis, self.channel_axis, self.held)
+        return (
+            self.shape, self.frame_axes, self.tracked_axis, self.channel_axis, self.held,
+            self.level,
+        )  # fmt: skip
 
 
-def layer_array(layer):
-    """The full-resolution data array of an image layer (level 0 of a multiscale pyramid)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def layer_array(layer, level: int = 0):
+    """The data array of an image layer at ``level`` (of a multiscale pyramid; 0 is the full
+    resolution), not converted: a dask or zarr array stays lazy."""
+    return level_data(layer, level)
 
 
-def layer_shape(layer) -> tuple[int, ...]:
-    """Data shape of an image layer without its RGB(A) axis."""
-    shape = tuple(int(n) for n in layer_array(layer).shape)
-    return shape[:-1] if getattr(layer, "rgb", False) else shape
+def layer_shape(layer, level: int = 0) -> tuple[int, ...]:
+    """Data shape of an image layer (at ``level`` of a pyramid) without its RGB(A) axis."""
+    return level_shapes(layer)[level]
 
 
 def current_data_position(viewer, layer) -> np.ndarray:
@@ -177,6 +196,7 @@ def geometry_for(
     *,
     tracked_axis: int | None = None,
     channel_axis: int | None = None,
+    level: int = 0,
 ) -> SliceGeometry:
     """The slice geometry of ``layer`` at the viewer's current position.
 
@@ -186,6 +206,7 @@ def geometry_for(
         tracked_axis: layer axis to track; None takes the first non-displayed axis that is not
             ``channel_axis`` (z or t), or no axis for a 2-D image.
         channel_axis: layer axis of channels handed to the engine, or None.
+        level: the level of a multiscale layer to read (see :mod:`.multiscale`); 0 otherwise.
 
     Raises:
         ValueError: a 3-D view, or axes that are displayed, out of range or equal.
@@ -203,8 +224,10 @@ def geometry_for(
     if tracked_axis is None:
         candidates = [a for a in free if a != channel_axis]
         tracked_axis = candidates[0] if candidates else None
-    position = current_data_position(viewer, layer)
-    shape = layer_shape(layer)
+    shapes = level_shapes(layer)
+    factors = downsample_factors(shapes, level) if level else None
+    position = to_level(current_data_position(viewer, layer), factors)
+    shape = shapes[level]
     held = tuple(
         (axis, int(np.clip(round(float(position[axis])), 0, shape[axis] - 1)))
         for axis in free
@@ -217,6 +240,8 @@ def geometry_for(
         channel_axis=channel_axis,
         held=held,
         rgb=bool(getattr(layer, "rgb", False)),
+        level=level,
+        factors=factors,
     )
 
 
@@ -224,6 +249,6 @@ def current_frame(viewer, layer, geometry: SliceGeometry) -> int:
     """Index along the tracked axis that the viewer shows now (0 for a 2-D image)."""
     if geometry.tracked_axis is None:
         return 0
-    position = current_data_position(viewer, layer)
+    position = geometry.to_level(current_data_position(viewer, layer))
     value = int(round(float(position[geometry.tracked_axis])))
     return int(np.clip(value, 0, geometry.num_frames - 1))

@@ -64,7 +64,8 @@ def prompt_file_of(annotator, prompts: dict) -> PromptFile:
 
 
 def prompts_to_layer_rows(prompt_file: PromptFile, geometry: SliceGeometry, plane_key: str):
-    """The file's points and boxes as prompt-layer rows in the image's data coordinates.
+    """The file's points and boxes as prompt-layer rows in the image's (level-0) data
+    coordinates; the file holds them at ``geometry``'s level.
 
     Returns ``(points, point_features, boxes, box_features, masks)``: points (N, ndim), their
     ``object``/``label``/``plane`` columns, rectangles (4, ndim) each with ``object``/``plane``,
@@ -80,7 +81,7 @@ def prompts_to_layer_rows(prompt_file: PromptFile, geometry: SliceGeometry, plan
         if geometry.tracked_axis is not None:
             coords[geometry.tracked_axis] = frame
         coords[row_axis], coords[col_axis] = row, col
-        return coords
+        return geometry.to_level0(coords)
 
     points, point_rows, boxes, box_rows, masks = [], [], [], [], {}
     for prompt in prompt_file.prompts:

@@ -9,8 +9,9 @@ Nothing here changes a layer. The features of the prompt layers are:
 Only prompts made in the plane being segmented are read; prompts of another orientation are
 kept in the layers and counted, never re-run in the wrong plane. Coordinates go layer data ->
 world (``data_to_world`` of the prompt layer) -> image data (``world_to_data`` of the image
-layer), so scale and translate of either layer are honoured, then to SAM's (x, y) through the
-engine's one conversion and its one inside-the-frame rule.
+layer), so scale and translate of either layer are honoured, then to the pyramid level being
+read (a multiscale image, see :mod:`.multiscale`), then to SAM's (x, y) through the engine's one
+conversion and its one inside-the-frame rule.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def read_prompts(
     """Group the prompts of ``geometry``'s plane by (object id, frame).
 
     Args:
-        points / shapes: the prompt layers' contents (:func:`source_of`), or None.
+        points / shapes: the prompt layers' contents (:func:`source_of`), or None, in the
+            image's level-0 data coordinates; they are mapped to ``geometry``'s level here.
         image: the image layer the prompts refer to.
         geometry: which frames of ``image`` the engine sees.
         painted: ``{(obj_id, frame): bool (H, W)}`` masks the user painted; each becomes a mask
@@ -120,7 +122,7 @@ def read_prompts(
     boxes: dict[tuple[int, int], np.ndarray] = {}
 
     if points is not None and len(points):
-        coords = np.asarray(points.coords, dtype=float).reshape(-1, image.ndim)
+        coords = geometry.to_level(np.asarray(points.coords, dtype=float).reshape(-1, image.ndim))
         objects = np.asarray(points.features["object"], dtype=np.int64)
         labels = np.asarray(points.features["label"], dtype=np.int64)
         planes = _planes(points)
@@ -156,7 +158,7 @@ def read_prompts(
                     "rectangle (key R) or delete the shape."
                 )
                 continue
-            corners = np.asarray(corners, dtype=float)
+            corners = geometry.to_level(np.asarray(corners, dtype=float))
             frames = {geometry.frame_of(corner) for corner in corners}
             if frames == {None}:
                 continue
