@@ -243,10 +243,7 @@ def segment_row(row, options: dict, store: str | None):
         for name in _ROW_OPTIONS:
             setattr(args, name, options[name])
         args.points, args.boxes, args.prompts = row.points, row.boxes, row.prompts
-        if store is not None:
-            if not hasattr(args, "store"):
-                raise cli.CommandError("this napari-sam2 has no feature stores (--store)")
-            args.store = store
+        args.store = store  # segment's --store: read the row's features, fill what is missing
         plan = cli._Plan(args)  # the prompt file's settings fill the options not given
         model = cached_model(
             ModelOptions(

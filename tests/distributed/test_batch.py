@@ -148,3 +148,33 @@ def test_jobs_paths_are_relative_to_the_csv_and_blank_lines_are_skipped(tmp_path
         err == f"error: {bad}, line 2: no prompts; fill 'prompts' (the annotator's prompt "
         "file) or 'points' and/or 'boxes' (napari Points/Shapes CSV files)\n"
     )
+
+
+def test_batch_store_folder_keeps_one_feature_store_per_stack(
+    tmp_path, client, checkpoint, capsys
+):
+    from napari_sam2.engine.feature_store import FeatureStore
+
+    write_stack(tmp_path / "a.tif", 2)
+    write_points_csv(tmp_path / "a_points.csv", [Prompt(0, 1, [[COL, ROW]], [1])])
+    jobs = write_jobs(tmp_path, "a.tif,a_points.csv,,,a_labels.tif\n")
+    stores = tmp_path / "stores"
+    argv = ["batch", jobs, "--store", stores, "--scheduler", client.scheduler.address,
+            *model_args(checkpoint)]  # fmt: skip
+    status, out, err = run(argv, capsys)
+    assert status == 0, out + err
+    store = stores / "a.tif.features.zarr"
+    signature = FeatureStore.read_signature(store)
+    assert signature["num_frames"] == 2
+    assert FeatureStore.open(store, signature, create=False).missing() == []
+    assert tifffile.imread(tmp_path / "a_labels.tif").any()
+
+
+def test_two_stacks_of_one_name_cannot_share_a_store(tmp_path):
+    from napari_sam2.distributed.batch import check_stores
+
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+    jobs = write_jobs(tmp_path, "x/s.tif,p.csv,,,x.tif\ny/s.tif,p.csv,,,y.tif\n")
+    with pytest.raises(JobsFileError, match="lines 2 and 3: the stacks .* have the same name"):
+        check_stores(read_jobs(jobs), tmp_path / "stores")

@@ -81,7 +81,13 @@ def test_interrupted_run_resumes_and_both_workers_fill_the_store(tmp_path, clien
 
     with pytest.raises(Stop):
         precompute(job, client=client, chunk_frames=1, progress=stop_after_first_chunk)
-    time.sleep(1.0)  # a chunk already running when the run stopped may still finish
+    # a chunk already running when the run stopped still finishes (a cancelled task's thread
+    # is not interrupted): wait until no worker runs one
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+        client.run(lambda dask_worker: len(dask_worker.active_threads)).values()
+    ):
+        time.sleep(0.05)
     before = 6 - len(FeatureStore.open(store, FeatureStore.read_signature(store)).missing())
     assert 1 <= before < 6
 
