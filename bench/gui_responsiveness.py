@@ -61,6 +61,17 @@ class Heartbeat:
         return max(0.0, (self.longest - self.interval) * 1000.0)
 
 
+def close_notifications(viewer) -> int:
+    """Close the napari notification pop-ups of ``viewer``'s window; returns how many."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    window = viewer.window._qt_window
+    shown = [w for w in window.findChildren(NapariQtNotification) if w.isVisible()]
+    for popup in shown:
+        popup.close()
+    return len(shown)
+
+
 def wait_idle(app, annotator, timeout: float = 1800.0) -> float:
     """Run the Qt event loop until the annotator has no job; returns the seconds it took.
 
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     model = annotator.model
     if model is None:
         raise SystemExit(f"model load failed: {annotator.messages}")
+    # A notification shown over the canvas (here napari's PyQt5 deprecation warning) makes each
+    # redraw repaint the whole window; a user closes it, or it goes: close it before timing.
+    close_notifications(viewer)
     device = model.device
 
     # 2. features of one slice, then a click.

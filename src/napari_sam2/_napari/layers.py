@@ -77,6 +77,28 @@ def _transform(image: Image) -> dict:
     return {"scale": image.scale, "translate": image.translate, "affine": image.affine}
 
 
+def set_feature_defaults(layer: Points | Shapes, values: dict) -> None:
+    """Give ``layer``'s new prompts ``values`` (feature name -> value). napari rebuilds its
+    pandas tables on every set, 3-20 ms each on the CPU here and several per click, so a set that
+    changes nothing is skipped."""
+    current = layer.feature_defaults
+    if len(current) == 1 and all(
+        name in current and current[name].iloc[0] == value for name, value in values.items()
+    ):
+        return
+    layer.feature_defaults = values
+
+
+def _set_colours(layer: Points | Shapes, name: str, rgba) -> None:
+    """Set a per-prompt colour array unless it is shown already: each set makes napari rebuild
+    the layer's visual on the main thread, which a click waits for."""
+    rgba = np.asarray(rgba, dtype=np.float32).reshape(-1, 4)
+    current = np.asarray(getattr(layer, name), dtype=np.float32)
+    if current.shape == rgba.shape and np.allclose(current, rgba, atol=1e-3):
+        return
+    setattr(layer, name, rgba)
+
+
 def point_features() -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -317,7 +339,7 @@ class ImageLayers:
         defaults = self._defaults()
         if is_shift(getattr(event, "modifiers", ())):
             defaults["label"] = 1 - int(defaults["label"])
-        layer.feature_defaults = defaults
+        set_feature_defaults(layer, defaults)
 
     def _on_data(self, event) -> None:
         if self._muted:
@@ -338,12 +360,11 @@ class ImageLayers:
         """New prompts get the current object, polarity and plane."""
         defaults = self._defaults()
         if self.alive(self.points):
-            self.points.feature_defaults = defaults
+            set_feature_defaults(self.points, defaults)
         if self.alive(self.shapes):
-            self.shapes.feature_defaults = {
-                "object": defaults["object"],
-                "plane": defaults["plane"],
-            }
+            set_feature_defaults(
+                self.shapes, {"object": defaults["object"], "plane": defaults["plane"]}
+            )
 
     def colour(self, obj_id: int) -> np.ndarray:
         """RGBA in [0, 1] of ``obj_id`` in the output Labels layer."""
@@ -356,13 +377,14 @@ class ImageLayers:
             points = self.points
             if self.alive(points) and len(points.data):
                 labels = np.asarray(points.features["label"], dtype=bool)
-                points.face_color = np.where(labels[:, None], POSITIVE_COLOUR, NEGATIVE_COLOUR)
+                faces = np.where(labels[:, None], POSITIVE_COLOUR, NEGATIVE_COLOUR)
+                _set_colours(points, "face_color", faces)
                 objects = np.asarray(points.features["object"], dtype=int)
-                points.border_color = np.array([self.colour(o) for o in objects])
+                _set_colours(points, "border_color", [self.colour(o) for o in objects])
             shapes = self.shapes
             if self.alive(shapes) and shapes.nshapes:
                 objects = np.asarray(shapes.features["object"], dtype=int)
-                shapes.edge_color = np.array([self.colour(o) for o in objects])
+                _set_colours(shapes, "edge_color", [self.colour(o) for o in objects])
 
     # ------------------------------------------------------------------ prompts
     def remove_prompts(self, obj_id: int, frame_of=None) -> None:
@@ -384,7 +406,7 @@ class ImageLayers:
 
     def add_point(self, world_position, defaults: dict) -> None:
         """Add a click at ``world_position`` (full world coordinates)."""
-        self.points.feature_defaults = defaults
+        set_feature_defaults(self.points, defaults)
         self.points.add(self.points.world_to_data(world_position))
 
     def add_box(self, world_a, world_b, frame_axes: tuple[int, int], defaults: dict) -> None:

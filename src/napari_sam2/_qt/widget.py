@@ -17,7 +17,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -45,6 +44,7 @@ from .bindings import bind
 from .object_list import ObjectList
 from .runner import ThreadRunner
 from .shortcuts import install_shortcuts
+from .steady_label import set_text, steady_label
 
 __all__ = ["AnnotatorWidget"]
 
@@ -98,7 +98,7 @@ class AnnotatorWidget(QWidget):
         self.image_size.native.setSpecialValueText("preset (1024)")
         self.precision = ComboBox(label="Precision", choices=list(PRECISIONS))
         self.load_button = PushButton(text="Load model")
-        self.model_status = Label(value=state.status)
+        self.model_status = steady_label(state.status)
         self.form = Container(
             widgets=[
                 self.image_picker,
@@ -207,7 +207,7 @@ class AnnotatorWidget(QWidget):
         run_layout.addLayout(buttons)
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
-        self.progress_text = Label(value="")
+        self.progress_text = steady_label("", lines=1)
         run_layout.addWidget(self.progress_bar)
         run_layout.addWidget(self.progress_text.native)
         history = QHBoxLayout()
@@ -219,7 +219,7 @@ class AnnotatorWidget(QWidget):
             history.addWidget(button)
         run_layout.addLayout(history)
         layout.addWidget(run_box)
-        self.status = Label(value=state.status)
+        self.status = steady_label(state.status, lines=3)
         layout.addWidget(self.status.native)
         layout.addStretch(1)
 
@@ -354,18 +354,18 @@ class AnnotatorWidget(QWidget):
         self.load_button.enabled = not busy
 
     def _on_status(self, _event=None) -> None:
-        self.status.value = self.state.status
-        self.model_status.value = self.state.loaded or "No model loaded."
+        set_text(self.status, self.state.status)
+        set_text(self.model_status, self.state.loaded or "No model loaded.")
 
     def _on_progress(self, _event=None) -> None:
         progress = self.state.progress
         self.progress_bar.setVisible(progress is not None)
         if progress is None:
-            self.progress_text.value = ""
+            set_text(self.progress_text, "")
             return
         self.progress_bar.setMaximum(max(progress.total, 1))
         self.progress_bar.setValue(progress.done)
-        self.progress_text.value = progress.text()
+        set_text(self.progress_text, progress.text())
 
     def _on_layers_lost(self, _event=None) -> None:
         QTimer.singleShot(0, self.annotator.restore_layers)
