@@ -335,6 +335,26 @@ def test_a_prompt_outside_the_region_starts_the_object_afresh():
         tracker.region(2, 0)
 
 
+def test_a_mask_prompt_reaches_each_region_as_its_crop():
+    stack = MovingDisc(frames=2)
+    disc = stack.disc(0)
+    tracker = bright(stack=stack, min_side=SIZE)
+    tracker.set_prompts(0, 1, mask=disc)
+    region = tracker.region(1, 0)
+    inner = tracker._objects[1].tracker
+    np.testing.assert_array_equal(inner.prompts[0]["mask"], region.crop(disc))
+    # A larger mask does not fit: the object starts afresh on a larger region, and the mask
+    # kept for it (its extent's pixels only) is cropped to that region.
+    wider = disc.copy()
+    wider[280:300, 600:620] = True
+    tracker.set_prompts(0, 1, mask=wider.astype(np.float32))  # float masks: >= 0.5 is inside
+    bigger = tracker.region(1, 0)
+    assert bigger.width > region.width
+    inner = tracker._objects[1].tracker
+    np.testing.assert_array_equal(inner.prompts[0]["mask"], bigger.crop(wider))
+    np.testing.assert_array_equal(tracker.frame_logits(0)[1] > 0, disc)
+
+
 def test_options_are_checked():
     stack = np.zeros((2, 64, 64), np.uint8)
     with pytest.raises(ValueError, match="margin"):

@@ -68,7 +68,7 @@ from .roi import (
     region_size,
     touches_inner_edge,
 )
-from .session import PropagationPlan, plan_propagation
+from .session import PropagationPlan, mask_to_bool, plan_propagation
 from .state_store import StateStore
 from .tracker import PropagationInvalidated, Tracker
 
@@ -258,8 +258,40 @@ def _placed(entry: _Entry, frame: int, region: Region):
         raise
 
 
+@dataclass(frozen=True)
+class _Mask:
+    """A mask prompt kept as the pixels of its extent: a frame-sized copy per object and slice
+    would hold 16 MiB each on a 4096 x 4096 slice."""
+
+    extent: Extent | None
+    pixels: np.ndarray  # bool (extent.height, extent.width)
+
+    @classmethod
+    def of(cls, mask) -> _Mask:
+        full = mask_to_bool(mask)
+        extent = mask_extent(full)
+        if extent is None:
+            return cls(None, np.zeros((0, 0), bool))
+        return cls(extent, full[extent.row0 : extent.row1, extent.col0 : extent.col1].copy())
+
+    def in_region(self, region: Region) -> np.ndarray:
+        """The mask on ``region``'s crop, bool (h, w)."""
+        local = np.zeros(region.shape, dtype=bool)
+        if self.extent is None:
+            return local
+        e = self.extent
+        row0, row1 = max(e.row0, region.top), min(e.row1, region.bottom)
+        col0, col1 = max(e.col0, region.left), min(e.col1, region.right)
+        if row0 < row1 and col0 < col1:
+            top, left = region.top, region.left
+            into = np.s_[row0 - top : row1 - top, col0 - left : col1 - left]
+            local[into] = self.pixels[row0 - e.row0 : row1 - e.row0, col0 - e.col0 : col1 - e.col0]
+        return local
+
+
 def _given(points, labels, box, mask) -> dict:
-    """The prompt as keyword arguments of ``set_prompts``, copied (frame coordinates)."""
+    """The prompt as keyword arguments of ``set_prompts``, copied (frame coordinates; a mask
+    as a :class:`_Mask`)."""
     given: dict[str, Any] = {}
     if points is not None and np.asarray(points).size:
         given["points"] = np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
@@ -267,7 +299,7 @@ def _given(points, labels, box, mask) -> dict:
     if box is not None:
         given["box"] = np.asarray(box, dtype=np.float64).reshape(4).copy()
     if mask is not None:
-        given["mask"] = np.asarray(mask).copy()
+        given["mask"] = _Mask.of(mask)
     return given
 
 
@@ -279,8 +311,17 @@ def _local(given: dict, region: Region) -> dict:
     if "box" in given:
         local["box"] = region.local_box(given["box"])
     if "mask" in given:
-        local["mask"] = region.crop(given["mask"])
+        local["mask"] = given["mask"].in_region(region)
     return local
+
+
+def _extent(given: dict, frame_shape: tuple[int, int]) -> Extent | None:
+    """The pixels a prompt covers (points of either label, the box, the mask)."""
+    found = prompt_extent(frame_shape, points=given.get("points"), box=given.get("box"))
+    mask = given.get("mask")
+    if mask is not None and mask.extent is not None:
+        found = mask.extent.union(found)
+    return found
 
 
 class RegionTracker:
@@ -499,7 +540,7 @@ class RegionTracker:
             self.frame_shape, self._image_size, points=points, labels=labels, box=box, mask=mask
         )
         given = _given(points, labels, box, mask)
-        extent = prompt_extent(self.frame_shape, **_extent_parts(given))
+        extent = _extent(given, self.frame_shape)
         entry = self._objects.get(obj_id)
         if entry is None:
             self._first_prompt(obj_id, frame, given, extent)
@@ -537,10 +578,7 @@ class RegionTracker:
         """Start ``entry``'s object afresh on a region large enough for all its prompts."""
         prompts = dict(entry.prompts)
         prompts[frame] = given
-        extents = {
-            index: prompt_extent(self.frame_shape, **_extent_parts(part))
-            for index, part in prompts.items()
-        }
+        extents = {index: _extent(part, self.frame_shape) for index, part in prompts.items()}
         union = None
         for found in extents.values():
             if found is not None:
@@ -671,8 +709,3 @@ class RegionTracker:
                 "finished frames are kept. Call propagate() again to track the objects now "
                 f"present ({self.object_ids or 'none'})"
             )
-
-
-def _extent_parts(given: dict) -> dict:
-    """The parts of a prompt that give its extent (points of either label, box, mask)."""
-    return {key: given[key] for key in ("points", "box", "mask") if key in given}
