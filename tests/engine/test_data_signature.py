@@ -111,8 +111,13 @@ def test_weights_hash_is_cached_and_follows_weight_changes():
     assert calls == []  # the second call hashed nothing
     # the memory layout does not count, the values do
     assert weights_hash(net.to(memory_format=torch.channels_last)) == first
+    # weights that do not make image features leave it (and the store) as it was
     with torch.no_grad():
         net.no_mem_embed.add_(1.0)
+        net.sam_mask_decoder.iou_prediction_head.layers[0].weight.mul_(2.0)
+    assert weights_hash(net) == first
+    with torch.no_grad():
+        net.sam_mask_decoder.conv_s1.bias.add_(1.0)
     assert weights_hash(net) != first
 
 

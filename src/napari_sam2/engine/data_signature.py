@@ -19,7 +19,8 @@ The signature is a JSON-able dict:
   per-channel ranges);
 - ``content_hash``: sha256 of a sample of the pixels (see :func:`content_hash`);
 - ``model``, ``input_size``: the preset (or custom config) name and the square input side;
-- ``weights_hash``: sha256 of the network's weights (see :func:`weights_hash`).
+- ``weights_hash``: sha256 of the weights that make the image features: the image encoder
+  and the decoder's two high-resolution projections (see :func:`weights_hash`).
 
 The content hash reads a few frames spread over the stack, and a strided grid of pixels in each
 (:data:`SAMPLE_FRAMES`, :data:`SAMPLE_PIXELS`), so it is cheap on a lazy stack of thousands of
@@ -40,6 +41,7 @@ from .frames import FrameSource
 
 __all__ = [
     "FEATURES_VERSION",
+    "FEATURE_MODULES",
     "SAMPLE_FRAMES",
     "SAMPLE_PIXELS",
     "content_hash",
@@ -158,15 +160,35 @@ def _strided_frame(source: FrameSource, index: int, stride: int) -> np.ndarray:
         return source.read_raw(index)[::stride, ::stride]
 
 
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 (hex) of ``model``'s state dict: every name, dtype, shape and value, in name
-    order, independent of the device and memory layout (channels-last included).
+#: The submodules whose weights make the image features (``SAM2.encode_image``): the image
+#: encoder (trunk and neck) and the decoder's projections of the two high-resolution levels.
+FEATURE_MODULES = ("image_encoder", "sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1")
 
-    Hashing reads every weight once (about 0.2 s for sam2.1 tiny), so the result is kept on the
+
+def _feature_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state of :data:`FEATURE_MODULES` by full name (the whole state dict of a model that
+    lacks them)."""
+    state: dict[str, torch.Tensor] = {}
+    for name in FEATURE_MODULES:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            return model.state_dict()
+        state.update(module.state_dict(prefix=f"{name}."))
+    return state
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 (hex) of the weights that make ``model``'s image features (:data:`FEATURE_MODULES`):
+    every name, dtype, shape and value, in name order, independent of the device and memory
+    layout (channels-last included). Two models that differ only in the decoder or the memory
+    modules share their features, and their stores.
+
+    Hashing reads every weight once (about 0.1 s for sam2.1 tiny), so the result is kept on the
     model and reused until a weight changes (a new tensor or an in-place update, as
     ``load_state_dict`` does).
     """
-    state = model.state_dict()
+    state = _feature_weights(model)
     key = tuple(
         (name, tensor.data_ptr(), tensor._version, str(tensor.dtype), tuple(tensor.shape))
         for name, tensor in state.items()

@@ -502,13 +502,16 @@ class FeatureStore:
             self._done.add(frame)
 
     def _remove_partials(self, frame: int) -> None:
-        """Temporary chunk files that a writer killed mid-write left for ``frame`` (zarr 3's
-        default layout ``<level>/c/<frame>/0/0/0.<id>.partial``)."""
+        """Temporary chunk files that a writer killed mid-write left for ``frame``: zarr 3's
+        ``<level>/c/<frame>/0/0/0.<id>.partial``, zarr 2's
+        ``<level>/<frame>.0.0.0.<id>.partial``."""
         for name in LEVELS:
-            folder = self.path / name / "c" / str(frame) / "0" / "0"
-            if folder.is_dir():
-                for leftover in folder.glob("*.partial"):
-                    leftover.unlink(missing_ok=True)
+            level = self.path / name
+            for leftover in (
+                *(level / "c" / str(frame) / "0" / "0").glob("*.partial"),
+                *level.glob(f"{frame}.0.0.0.*.partial"),
+            ):
+                leftover.unlink(missing_ok=True)
 
     @property
     def frame_nbytes(self) -> int:
