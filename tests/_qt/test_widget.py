@@ -395,7 +395,29 @@ def test_every_object_buttons_in_the_dock(annotating, qtbot):
     found = set(a.state.object_ids) - before
     assert widget.object_list.count() == len(a.state.object_ids)
     assert set(np.unique(np.asarray(a.layers.labels.data)[2])) - {0} == found
-    user.key(Qt.Key_Z, Qt.ControlModifier)  # one undo step takes them all back
+
+    # Propagate tracks every found object at once, in the worker, with progress and one undo.
+    seen = []
+    widget.state.events.progress.connect(
+        lambda e: seen.append(widget.progress_text.value) if e.value is not None else None
+    )
+    user.key(Qt.Key_P, Qt.ShiftModifier)
+    qtbot.waitUntil(
+        lambda: idle(widget) and not widget.progress_bar.isVisible(), timeout=TIMEOUT_MS
+    )
+    data = np.asarray(a.layers.labels.data)
+    for obj_id in found:
+        assert frames_with(a.layers.labels, obj_id) - {2}, f"object {obj_id} was not tracked"
+    tracked = a.session().tracker.object_ids
+    assert found <= set(tracked)
+    assert f"Propagated {len(tracked)} object(s)" in widget.status.value
+    assert any("/ 5 slices" in text for text in seen)
+    user.key(Qt.Key_Z, Qt.ControlModifier)  # the propagation, in one step
+    qtbot.waitUntil(
+        lambda: not np.asarray(a.layers.labels.data)[[0, 1, 3, 4]].any(), timeout=TIMEOUT_MS
+    )
+    assert (np.asarray(a.layers.labels.data)[2] == data[2]).all()
+    user.key(Qt.Key_Z, Qt.ControlModifier)  # then segment everything, in one step
     qtbot.waitUntil(lambda: set(a.state.object_ids) == before, timeout=TIMEOUT_MS)
 
     seeds = np.zeros(np.asarray(a.layers.labels.data).shape, np.uint8)

@@ -67,6 +67,8 @@ def start_propagation(
 
     def job_work():
         frames = session.tracker.propagate(start, direction, max_frames)
+        # The objects with prompts, not the list's entries (its current object may be empty).
+        run["objects"] = len(session.tracker.object_ids)
         try:
             yield from frames
         finally:
@@ -150,7 +152,7 @@ def start_propagation(
                 )
             state.status = f"Propagation cancelled after {done} of {plan.total} slices."
         else:
-            objects = len(state.objects)
+            objects = run.get("objects", len(state.objects))
             summary = f"Propagated {objects} object(s) through {done} slice(s) in {seconds:.1f} s."
             state.status = summary
             annotator.notify("info", summary)
