@@ -13,8 +13,8 @@ disk::
 
 ``reopen`` fills a store for a ``--frames`` long lazy synthetic stack (frames ``--click-frame``
 and 0 computed, every other frame a copy of frame 0's features, so the store is full and
-its size real without encoding every frame), then, in a fresh subprocess per mode, opens a new
-Tracker over the stack and times the first click on ``--click-frame``:
+its size real without encoding every frame), then, in a fresh subprocess, opens a new
+Tracker over the stack in each mode and times the first click on ``--click-frame``:
 
 - ``store``: ``Tracker(..., feature_store=PATH)``: the signature (intensity range, content
   sample, weights hash: the hash cached on the model is dropped before every repeat) and one
@@ -22,7 +22,11 @@ Tracker over the stack and times the first click on ``--click-frame``:
 - ``compute``: ``Tracker(...)`` without a store: the frame's features are computed;
 
 and, in each, a second click on the same slice (its features in the RAM cache: a cached click).
-Tracker construction and the click are timed separately; the model's build is not timed::
+The two modes alternate in one child process (the order swapping every repeat, after one
+warm-up repeat of each that is dropped: it imports zarr), so drifting load on a shared machine
+touches both alike. Tracker construction and the click are timed
+separately; the model's build is not timed. The store's chunks are in the page cache (they were
+just written): a store read from a cold disk adds its read time (4 MiB a frame at 1024)::
 
     python bench/feature_store.py reopen --frames 200 --image-size 1024
 """
@@ -44,6 +48,7 @@ from _harness import OBJECT_SCORE_BIAS, SyntheticStack, cpu_model
 
 MIB = 2**20
 PRESET = "sam2.1_hiera_tiny"
+MODES = ("store", "compute")
 
 
 def _model(image_size: int):
@@ -183,7 +188,8 @@ def _fill(path: Path, stack, model, click_frame: int, precision: str) -> float:
 
 
 def _child(args) -> None:
-    """One mode in this fresh process: print JSON timings."""
+    """Both modes in this fresh process, alternating (so load drifts touch both alike): print
+    JSON timings per mode."""
     from napari_sam2.engine.data_signature import _WEIGHTS_HASH_ATTRIBUTE
     from napari_sam2.engine.tracker import Tracker
 
@@ -192,24 +198,31 @@ def _child(args) -> None:
     centre = stack.centres(args.click_frame)[0]
     click = np.array([[centre[1], centre[0]]], dtype=np.float32)
     nudged = click + np.array([[3.0, 2.0]], dtype=np.float32)
-    out = {"open": [], "first": [], "cached": []}
-    for _ in range(args.repeats):
-        if hasattr(model, _WEIGHTS_HASH_ATTRIBUTE):
-            delattr(model, _WEIGHTS_HASH_ATTRIBUTE)
-        store = args.store if args.mode == "store" else None
-        start = time.perf_counter()
-        tracker = Tracker(
-            model, stack, precision=args.precision, feature_store=store, fill_feature_store=False
-        )
-        opened = time.perf_counter()
-        logits = tracker.set_prompts(args.click_frame, 1, points=click, labels=[1])
-        first = time.perf_counter()
-        tracker.set_prompts(args.click_frame, 1, points=nudged, labels=[1])
-        cached = time.perf_counter()
-        out["open"].append(opened - start)
-        out["first"].append(first - opened)
-        out["cached"].append(cached - first)
-        out["mask_pixels"] = int((logits[1] > 0).sum())
+    out = {mode: {"open": [], "first": [], "cached": []} for mode in MODES}
+    for repeat in range(-1, args.repeats):  # repeat -1 warms up (imports zarr) and is dropped
+        for mode in MODES if repeat % 2 == 0 else MODES[::-1]:
+            if hasattr(model, _WEIGHTS_HASH_ATTRIBUTE):
+                delattr(model, _WEIGHTS_HASH_ATTRIBUTE)  # as in a new session
+            store = args.store if mode == "store" else None
+            start = time.perf_counter()
+            tracker = Tracker(
+                model,
+                stack,
+                precision=args.precision,
+                feature_store=store,
+                fill_feature_store=False,
+            )
+            opened = time.perf_counter()
+            logits = tracker.set_prompts(args.click_frame, 1, points=click, labels=[1])
+            first = time.perf_counter()
+            tracker.set_prompts(args.click_frame, 1, points=nudged, labels=[1])
+            cached = time.perf_counter()
+            if repeat < 0:
+                continue
+            out[mode]["open"].append(opened - start)
+            out[mode]["first"].append(first - opened)
+            out[mode]["cached"].append(cached - first)
+            out[mode]["mask_pixels"] = int((logits[1] > 0).sum())
     print(json.dumps(out))
 
 
@@ -224,22 +237,20 @@ def reopen(args) -> None:
         )
         signature = FeatureStore.read_signature(path)
         on_disk = _chunk_bytes(path) / MIB
-        results = {}
-        for mode in ("store", "compute"):
-            command = [sys.executable, __file__, "_child", "--mode", mode, "--store", str(path)]
-            for option in (
-                "frames",
-                "image_size",
-                "height",
-                "width",
-                "click_frame",
-                "repeats",
-                "precision",
-                "threads",
-            ):
-                command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
-            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        command = [sys.executable, __file__, "_child", "--store", str(path)]
+        for option in (
+            "frames",
+            "image_size",
+            "height",
+            "width",
+            "click_frame",
+            "repeats",
+            "precision",
+            "threads",
+        ):
+            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results = json.loads(done.stdout.strip().splitlines()[-1])
     med = {
         m: {k: statistics.median(v) * 1e3 for k, v in r.items() if isinstance(v, list)}
         for m, r in results.items()
@@ -285,7 +296,6 @@ def main(argv=None) -> None:
         p.add_argument("--width", type=int, default=1024)
         p.add_argument("--click-frame", type=int, default=137)
         p.add_argument("--repeats", type=int, default=3)
-    p_child.add_argument("--mode", choices=("store", "compute"))
     p_child.add_argument("--store")
     for p in (p_size, p_reopen, p_child):
         p.add_argument("--precision", default="auto")
