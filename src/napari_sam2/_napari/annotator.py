@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image
@@ -30,18 +31,23 @@ from napari.utils.notifications import show_error, show_warning
 
 from ..engine.precision import precision_name, resolve_precision
 from . import everything, prompt_io, propagation
+from .feature_folder import default_folder
 from .geometry import SliceGeometry, current_frame, geometry_for
 from .history import History, Snapshot, Step
 from .jobs import Job, JobQueue, Runner, SyncRunner
 from .layers import ImageLayers
 from .messages import failure_message
 from .model_loading import model_loading_job
+from .multiscale import level_shapes, level_text, resolve_level
 from .prompt_read import PromptSource, plane_key, read_prompts, source_of
 from .state import INTENSITY_MODES, AnnotatorState, ObjectInfo
 from .sync import NO_IMAGE, NO_MODEL, EngineLink, EngineSession
 from .writer import erase_object, next_free_id, write_frame
 
-__all__ = ["INTENSITY_MODES", "Annotator", "annotator_for"]
+__all__ = ["AUTO_LEVEL", "INTENSITY_MODES", "Annotator", "annotator_for"]
+
+#: The dock's text of the automatic pyramid level (:func:`~.multiscale.default_level`).
+AUTO_LEVEL = "auto (finest that fits the model)"
 
 #: One annotator (state and model) per viewer, so reopening the dock restores the session.
 _ANNOTATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -96,7 +102,10 @@ class Annotator:
         self.state = AnnotatorState()
         self.jobs = JobQueue(runner or SyncRunner(), self._set_busy)
         self.engine = EngineLink(
-            self.jobs, on_result=self._write_result, on_error=self.report_failure
+            self.jobs,
+            on_result=self._write_result,
+            on_error=self.report_failure,
+            on_note=self._on_store_note,
         )
         self._work: dict[int, _ImageWork] = {}
         self._warned: set[str] = set()
@@ -107,7 +116,10 @@ class Annotator:
         if restore is not None:
             self._adopt(restore)
         self.state.events.image.connect(self._on_image)
-        for name in ("tracked_axis", "channel_axis", "intensity", "fixed_range", "precision"):
+        for name in (
+            "tracked_axis", "channel_axis", "intensity", "fixed_range", "precision", "level",
+            "feature_store", "feature_folder",
+        ):  # fmt: skip
             getattr(self.state.events, name).connect(self._on_reading_settings)
         self.state.events.current_object.connect(self._on_current_object)
         self.state.events.precision.connect(self._describe_model)
@@ -273,7 +285,7 @@ class Annotator:
             work.current = found[0] if found else None
         values = {"objects": work.objects, "current_object": work.current}
         if reset_axes and shown is not work:
-            values.update(tracked_axis=None, channel_axis=None)
+            values.update(tracked_axis=None, channel_axis=None, level=None)
         self.state.update(values)
         self.ensure_layers()
         work.layers.select_prompts()
@@ -296,7 +308,17 @@ class Annotator:
         except ValueError as err:
             self.notify("error", str(err))
             return False
+        self._report_retired(work.layers)
         return True
+
+    def _report_retired(self, layers: ImageLayers) -> None:
+        while layers.retired:
+            name = layers.retired.pop(0)
+            self.notify(
+                "info",
+                f"The labels made at the other pyramid level are kept in the layer {name!r}; "
+                f"masks at level {self.level()} go to a new Labels layer.",
+            )
 
     def geometry(self) -> SliceGeometry:
         """The current slice geometry of the image (raises ValueError with what to do)."""
@@ -308,7 +330,55 @@ class Annotator:
             state.image,
             tracked_axis=state.tracked_axis,
             channel_axis=state.channel_axis,
+            level=self.level(),
         )
+
+    def input_size(self) -> int:
+        """The model's square input side: the loaded model's, else the one chosen to load."""
+        if self.model is not None:
+            return int(self.model.image_size)
+        return int(self.state.image_size or 1024)
+
+    def level(self) -> int:
+        """The pyramid level of the image the annotator reads (0 for a plain image): the
+        state's ``level``, or for "auto" (None) the finest level whose frame fits the model's
+        input size (:func:`~.multiscale.default_level`). Raises ValueError with what to do."""
+        image = self.state.image
+        if image is None or not getattr(image, "multiscale", False):
+            return 0
+        shapes = level_shapes(image)
+        frame_axes = geometry_for(self.viewer, image).frame_axes
+        return resolve_level(self.state.level, shapes, frame_axes, self.input_size(), image.name)
+
+    def level_choices(self) -> list[tuple[str, int | None]]:
+        """(text, level) of a multiscale image's levels, "auto" first (None); [] otherwise."""
+        image = self.state.image
+        if image is None or not getattr(image, "multiscale", False):
+            return []
+        shapes = level_shapes(image)
+        try:
+            frame_axes = geometry_for(self.viewer, image).frame_axes
+        except ValueError:
+            return []
+        # One text for "auto" whatever it resolves to, so the dock's choice never changes
+        # under the user when a model with another input size is loaded.
+        return [
+            (AUTO_LEVEL, None),
+            *((level_text(shapes, k, frame_axes), k) for k in range(len(shapes))),
+        ]
+
+    def level_description(self) -> str:
+        """What the annotator reads, e.g. "level 1 (512 × 512) of 3"; "" for a plain image."""
+        image = self.state.image
+        if image is None or not getattr(image, "multiscale", False):
+            return ""
+        try:
+            frame_axes = geometry_for(self.viewer, image).frame_axes
+            level = self.level()
+        except ValueError as err:
+            return str(err)
+        shapes = level_shapes(image)
+        return f"{level_text(shapes, level, frame_axes)} of {len(shapes)}"
 
     def axis_choices(self) -> list[tuple[str, int]]:
         """(text, layer axis) of the axes that can be tracked or hold channels, named as
@@ -353,9 +423,28 @@ class Annotator:
         state = self.state
         if state.image is None or state.image not in self.viewer.layers:
             raise ValueError(NO_IMAGE)
-        return self.engine.session(
-            state.image, self.geometry(), self.intensity_range(), state.precision
+        folder = None
+        if state.feature_store:
+            folder = str(Path(state.feature_folder.strip() or default_folder()).expanduser())
+        session = self.engine.session(
+            state.image,
+            self.geometry(),
+            self.intensity_range(),
+            state.precision,
+            folder,
         )
+        if folder is None:
+            state.store_note = ""
+        elif session.store_note:
+            state.store_note = session.store_note  # a session made earlier: its store's note
+        return session
+
+    def _on_store_note(self, text: str) -> None:
+        """A feature store was opened (found or new) or could not be: say so in the dock."""
+        if self.closed or not self.state.feature_store:
+            return
+        self.state.store_note = text
+        self.notify("info", text)
 
     # ------------------------------------------------------------------ defaults and events
     def _defaults(self) -> dict:
@@ -538,6 +627,9 @@ class Annotator:
         for obj_id, _ in read.prompts:
             self._register(obj_id)
         labels = layers.labels if layers.alive(layers.labels) else None
+        if labels is not None and tuple(labels.data.shape) != tuple(session.geometry.shape):
+            labels = layers.ensure_labels(session.geometry.shape)  # another pyramid level
+            self._report_retired(layers)
         context = {"step": step, "labels": labels, "protect": self.state.protect}
         self.engine.send(session, read.prompts, context=context, write=write)
 
@@ -703,7 +795,8 @@ class Annotator:
         if frame is not None:
 
             def frame_of(data_coords, _geometry=geometry, _frame=frame):
-                return _geometry.frame_of(data_coords) == _frame
+                # Prompt layers hold level-0 coordinates; the frame is counted at the level.
+                return _geometry.frame_of(_geometry.to_level(data_coords)) == _frame
 
         work.layers.remove_prompts(obj_id, frame_of)
         work.painted = {

@@ -18,6 +18,8 @@ import pandas as pd
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.colormaps import CyclicLabelColormap
 
+from .multiscale import downsample_factors, level_for_shape, level_shapes
+
 __all__ = [
     "IMAGE_KEY",
     "NEGATIVE_COLOUR",
@@ -73,8 +75,11 @@ class LayerContent:
         return len(self.data)
 
 
-def _transform(image: Image) -> dict:
-    return {"scale": image.scale, "translate": image.translate, "affine": image.affine}
+def _transform(image: Image, factors=None) -> dict:
+    """The image's transform; with ``factors`` (a pyramid level's downsample factors), the one
+    napari draws that level with: the scale times the factors (see :mod:`.multiscale`)."""
+    scale = image.scale if factors is None else np.asarray(image.scale) * np.asarray(factors)
+    return {"scale": scale, "translate": image.translate, "affine": image.affine}
 
 
 def set_feature_defaults(layer: Points | Shapes, values: dict) -> None:
@@ -147,6 +152,8 @@ class ImageLayers:
         self._defaults = defaults
         self._muted = 0
         self.lost: dict[str, LayerContent] = {}
+        #: Names of Labels layers left behind when the pyramid level changed.
+        self.retired: list[str] = []
         self._adopt()
 
     # ------------------------------------------------------------------ finding and creating
@@ -204,22 +211,49 @@ class ImageLayers:
         self.recolour()
 
     def ensure_labels(self, shape: tuple[int, ...]) -> Labels:
-        """The output Labels layer (``shape``, aligned with the image), added if missing."""
+        """The output Labels layer (``shape``, aligned with the image), added if missing.
+
+        For a multiscale image ``shape`` is the shape of the level being read, and the layer
+        gets the transform napari draws that level with. A Labels layer of another level (the
+        level was changed) is kept under a name with its level and no longer written to.
+        """
+        shapes = level_shapes(self.image)
         if self.alive(self.labels):
-            return self.labels
+            if tuple(self.labels.data.shape) == tuple(shape) or len(shapes) == 1:
+                return self.labels
+            self._retire_labels(level_for_shape(shapes, self.labels.data.shape))
+        level = level_for_shape(shapes, shape)
+        factors = downsample_factors(shapes, level) if level else None
         active = self.viewer.layers.selection.active
         self.labels = Labels(
             np.zeros(shape, dtype=LABELS_DTYPE),
             name=f"{self.image.name} SAM 2 labels",
             opacity=LABELS_OPACITY,
             colormap=CyclicLabelColormap(colors=OBJECT_COLOURS),
-            **_transform(self.image),
+            **_transform(self.image, factors),
         )
         self._add(self.labels, "labels")
         # Adding a layer makes it active; clicks should keep going to the points layer.
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
         return self.labels
+
+    def _retire_labels(self, level: int | None) -> None:
+        """Stop using the Labels layer (made at another pyramid level); it stays in the viewer
+        with its pixels, renamed after its level, and is no longer adopted as this image's. An
+        empty one (made before anything was segmented) is removed instead."""
+        labels = self.labels
+        with contextlib.suppress(Exception):
+            labels.events.paint.disconnect(self._on_labels_paint)
+        self.labels = None
+        if not np.asarray(labels.data).any():
+            self.viewer.layers.remove(labels)
+            return
+        labels.metadata.pop(ROLE_KEY, None)
+        labels.metadata.pop(IMAGE_KEY, None)
+        where = "another level" if level is None else f"level {level}"
+        labels.name = f"{self.image.name} SAM 2 labels ({where})"
+        self.retired.append(labels.name)
 
     def _add(self, layer, role: str) -> None:
         layer.metadata[ROLE_KEY] = role

@@ -49,11 +49,16 @@ class AnnotatorState(EventedModel):
         image: the napari Image layer being annotated, or None.
         tracked_axis / channel_axis: layer data axes; None for automatic / no channels.
         intensity: one of :data:`INTENSITY_MODES`; ``fixed_range`` (lo, hi) for "fixed".
+        level: the level of a multiscale image to read; None for "auto", the finest level whose
+            frame fits the model's input size (see ``_napari/multiscale.py``).
         model_name / checkpoint / device / image_size / precision: the model to load and,
             once loaded, ``loaded`` describes it ("sam2.1_hiera_tiny on cpu, float32").
         positive: the polarity of the next plain click (Shift+click flips one click).
         protect: masks never overwrite labels of other objects or painted by hand.
         prefetch: prepare the neighbouring slices' features while idle.
+        feature_store: keep image features on disk, in ``feature_folder`` (empty: the default
+            folder, ``~/.cache/napari-sam2/features``), one store per image, reused when the
+            image is opened again; ``store_note`` says which store is used, or why none.
         objects: the objects in creation order; ``current_object`` gets new prompts.
         direction / max_frames: propagation settings (max_frames per direction, None: all).
         status: one line saying what the annotator does or last did.
@@ -66,6 +71,7 @@ class AnnotatorState(EventedModel):
     channel_axis: int | None = None
     intensity: str = "auto"
     fixed_range: tuple[float, float] | None = None
+    level: int | None = None
     model_name: str = "sam2.1_hiera_tiny"
     checkpoint: str = ""
     device: str = "auto"
@@ -75,6 +81,9 @@ class AnnotatorState(EventedModel):
     positive: bool = True
     protect: bool = True
     prefetch: bool = True
+    feature_store: bool = False
+    feature_folder: str = ""
+    store_note: str = ""
     objects: tuple[ObjectInfo, ...] = ()
     current_object: int | None = None
     direction: str = "both"

@@ -21,8 +21,10 @@ from napari.layers import Image
 
 from ..engine.session import Prompt
 from ..engine.tracker import Tracker
+from .feature_folder import use_feature_folder
 from .geometry import SliceGeometry, layer_array
 from .jobs import Job, JobQueue
+from .multiscale import lazy_index
 
 __all__ = ["NO_IMAGE", "NO_MODEL", "EngineLink", "EngineSession", "nearest_frames"]
 
@@ -83,6 +85,8 @@ class EngineSession:
     Attributes:
         key: identity of image, geometry, intensity range, model and precision.
         sent: ``{(obj_id, frame): Prompt}`` the tracker was last given.
+        store_note: what the tracker's feature store is (found, new, or why none), once built
+            with a feature folder; "" otherwise.
     """
 
     key: tuple
@@ -90,6 +94,7 @@ class EngineSession:
     geometry: SliceGeometry
     build: Callable[[], Tracker]
     sent: dict[tuple[int, int], Prompt] = field(default_factory=dict)
+    store_note: str = ""
     _tracker: Tracker | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -113,6 +118,7 @@ class EngineLink:
         on_result: ``on_result(session, frame, logits_by_id, context)`` on the main thread
             with each segmentation's result (``context`` is what :meth:`send` was given).
         on_error: ``on_error(err)`` when a job fails.
+        on_note: ``on_note(text)`` on the main thread with a session's feature store note.
     """
 
     def __init__(
@@ -121,11 +127,13 @@ class EngineLink:
         *,
         on_result: Callable[[EngineSession, int, dict, object], None],
         on_error: Callable[[BaseException], None],
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         self.jobs = jobs
         self.model = None
         self._on_result = on_result
         self._on_error = on_error
+        self._on_note = on_note
         self._sessions: OrderedDict[tuple, EngineSession] = OrderedDict()
 
     def session(
@@ -134,22 +142,29 @@ class EngineLink:
         geometry: SliceGeometry,
         intensity_range: tuple[float, float] | None,
         precision: str,
+        feature_folder: str | None = None,
     ) -> EngineSession:
         """The session for these settings, built when missing. Raises ValueError without a
-        model."""
+        model. With ``feature_folder``, its tracker reads and fills the folder's feature store
+        of these frames and this model (:mod:`.feature_folder`); a "feature store" job opens
+        it at once and reports its note."""
         if self.model is None:
             raise ValueError(NO_MODEL)
         key = (id(image), geometry.key(), intensity_range, id(self.model), precision)
+        key += (feature_folder,)
         found = self._sessions.get(key)
         if found is not None and found.image is image:
             self._sessions.move_to_end(key)
             return found
-        frames = layer_array(image)[geometry.frames_index()]
+        # The geometry's pyramid level, selected without reading (zarr reads when indexed).
+        frames = lazy_index(layer_array(image, geometry.level), geometry.frames_index())
         axis, channel_axis = geometry.engine_axes()
         model = self.model
 
+        name = image.name
+
         def build() -> Tracker:
-            return Tracker(
+            tracker = Tracker(
                 model,
                 frames,
                 axis=axis,
@@ -157,12 +172,31 @@ class EngineLink:
                 intensity_range=intensity_range,
                 precision=precision,
             )
+            if feature_folder is not None:
+                session.store_note = use_feature_folder(tracker, feature_folder, name)
+            return tracker
 
         session = EngineSession(key, image, geometry, build)
         self._sessions[key] = session
         while len(self._sessions) > KEPT_SESSIONS:
             self._sessions.popitem(last=False)
+        if feature_folder is not None:
+            self._open_store(session)
         return session
+
+    def _open_store(self, session: EngineSession) -> None:
+        """Build the session's tracker now, in a job, so its feature store is open (and its
+        note shown) before the first click needs it."""
+
+        def work():
+            session.tracker  # noqa: B018 - building it opens the store
+            yield session.store_note
+
+        def on_yield(note: str) -> None:
+            if self._on_note is not None and note:
+                self._on_note(note)
+
+        self.jobs.submit(Job("feature store", work, on_yield=on_yield, on_error=self._on_error))
 
     def drop(self, image: Image | None = None) -> None:
         """Forget the sessions (of ``image``, or all): their trackers and what they were sent."""

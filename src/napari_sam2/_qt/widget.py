@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari.annotator import annotator_for
+from .._napari.feature_folder import default_folder
 from .._napari.model_loading import CHECKPOINT_FILE_CHOICE
 from .._napari.state import INTENSITY_MODES
 from ..engine.device import available_devices
@@ -115,12 +116,23 @@ class AnnotatorWidget(QWidget):
 
         self.tracked_axis = ComboBox(label="Tracked axis", choices=self._axis_choices)
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
+        self.level = ComboBox(label="Pyramid level", choices=self._level_choices)
         self.intensity = ComboBox(label="Intensity", choices=list(INTENSITY_MODES))
         self.low = FloatSpinBox(label="Fixed low", min=-1e12, max=1e12, step=1.0)
         self.high = FloatSpinBox(label="Fixed high", min=-1e12, max=1e12, step=1.0, value=1.0)
-        self.slices = Container(
-            widgets=[self.tracked_axis, self.channel_axis, self.intensity, self.low, self.high]
+        self.keep_features = CheckBox(text="Keep image features on disk")
+        self.keep_features.tooltip = (
+            "Store each slice's image features in a folder, one store per image, so opening the "
+            "image again makes the first click as fast as a cached one."
         )
+        self.feature_folder = FileEdit(label="Feature folder", mode="d")
+        self.store_note = steady_label("", lines=3)
+        self.slices = Container(
+            widgets=[
+                self.tracked_axis, self.channel_axis, self.level, self.intensity, self.low,
+                self.high, self.keep_features, self.feature_folder, self.store_note,
+            ]
+        )  # fmt: skip
         slices_box = QGroupBox("Slices")
         QVBoxLayout(slices_box).addWidget(self.slices.native)
         layout.addWidget(slices_box)
@@ -238,6 +250,8 @@ class AnnotatorWidget(QWidget):
             bind(self.precision, state, "precision"),
             bind(self.tracked_axis, state, "tracked_axis", on_error=warn),
             bind(self.channel_axis, state, "channel_axis", on_error=warn),
+            bind(self.level, state, "level", on_error=warn),
+            bind(self.keep_features, state, "feature_store"),
             bind(self.intensity, state, "intensity"),
             bind(self.negative, state, "positive", to_widget=lambda v: not v,
                  to_state=lambda v: not v),
@@ -270,6 +284,17 @@ class AnnotatorWidget(QWidget):
         state.events.loaded.connect(self._on_status)
         state.events.progress.connect(self._on_progress)
         state.events.image.connect(self._on_image)
+        state.events.loaded.connect(self._on_level)  # "auto" follows the model's input size
+        state.events.level.connect(self._on_level)
+        # The folder is taken when its editing is finished (or chosen in the dialog), not at
+        # each keystroke, which would make a store in every partial path.
+        self.feature_folder.line_edit.native.editingFinished.connect(self._on_feature_folder)
+        self.feature_folder.choose_btn.changed.connect(self._on_feature_folder)
+        state.events.feature_folder.connect(self._show_feature_folder)
+        state.events.feature_store.connect(self._on_store_note)
+        state.events.store_note.connect(self._on_store_note)
+        self._show_feature_folder()
+        self._on_store_note()
         a.events.layers_lost.connect(self._on_layers_lost)
         self.viewer.dims.events.order.connect(self.reset_choices)
         self.viewer.dims.events.ndisplay.connect(self.reset_choices)
@@ -302,6 +327,9 @@ class AnnotatorWidget(QWidget):
     def _channel_choices(self, _widget=None):
         return [(_NONE, None), *self.annotator.axis_choices()]
 
+    def _level_choices(self, _widget=None):
+        return self.annotator.level_choices() or [("level 0", None)]
+
     @staticmethod
     def _model_text(name: str) -> str:
         return name
@@ -319,10 +347,36 @@ class AnnotatorWidget(QWidget):
         stack = len(self.annotator.axis_choices()) > 0
         self.tracked_axis.visible = stack
         self.channel_axis.visible = stack
+        self._on_level()
         image = self.state.image
         if image is not None:
             lo, hi = (float(v) for v in image.contrast_limits)
             self.low.value, self.high.value = lo, hi
+
+    def _on_level(self, _event=None) -> None:
+        """The pyramid level choice: shown for a multiscale image, with the level read."""
+        self.level.reset_choices()
+        self.level.visible = bool(self.annotator.level_choices())
+        self.level.tooltip = (
+            f"Reads {self.annotator.level_description()}. Auto: the finest level whose slices "
+            "fit the model's input size. The labels are made at the level read."
+        )
+
+    def _show_feature_folder(self, _event=None) -> None:
+        shown = self.state.feature_folder or str(default_folder())
+        if str(self.feature_folder.value) != shown:
+            self.feature_folder.value = shown
+
+    def _on_feature_folder(self, _value=None) -> None:
+        text = str(self.feature_folder.value or "").strip()
+        text = "" if text in ("", ".") or text == str(default_folder()) else text
+        if text != self.state.feature_folder:
+            self.state.feature_folder = text
+
+    def _on_store_note(self, _event=None) -> None:
+        on = self.state.feature_store
+        self.store_note.visible = on
+        set_text(self.store_note, self.state.store_note if on else "")
 
     def _on_model_choice(self, _value=None) -> None:
         wants_file = self.model_choice.value == CHECKPOINT_FILE_CHOICE
