@@ -118,7 +118,7 @@ class Annotator:
         self.state.events.image.connect(self._on_image)
         for name in (
             "tracked_axis", "channel_axis", "intensity", "fixed_range", "precision", "level",
-            "feature_store", "feature_folder",
+            "feature_store", "feature_folder", "roi",
         ):  # fmt: skip
             getattr(self.state.events, name).connect(self._on_reading_settings)
         self.state.events.current_object.connect(self._on_current_object)
@@ -432,6 +432,7 @@ class Annotator:
             self.intensity_range(),
             state.precision,
             folder,
+            roi=state.roi,
         )
         if folder is None:
             state.store_note = ""

@@ -56,6 +56,8 @@ class AnnotatorState(EventedModel):
         positive: the polarity of the next plain click (Shift+click flips one click).
         protect: masks never overwrite labels of other objects or painted by hand.
         prefetch: prepare the neighbouring slices' features while idle.
+        roi: work on a region around each object instead of the whole slice squashed to the
+            model's input size (slices much larger than it; see ``engine/roi.py``).
         feature_store: keep image features on disk, in ``feature_folder`` (empty: the default
             folder, ``~/.cache/napari-sam2/features``), one store per image, reused when the
             image is opened again; ``store_note`` says which store is used, or why none.
@@ -81,6 +83,7 @@ class AnnotatorState(EventedModel):
     positive: bool = True
     protect: bool = True
     prefetch: bool = True
+    roi: bool = False
     feature_store: bool = False
     feature_folder: str = ""
     store_note: str = ""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from napari.layers import Image
 
+from ..engine.region_tracker import RegionTracker
 from ..engine.session import Prompt
 from ..engine.tracker import Tracker
 from .feature_folder import use_feature_folder
@@ -33,6 +34,11 @@ NO_IMAGE = (
     "napari-sam2 > SAM 2 demo stack) and choose it under 'Image'."
 )
 NO_MODEL = "No SAM 2 model is loaded yet. Choose a model and press 'Load model', then try again."
+#: Why a feature folder is not used while working on regions around the objects.
+ROI_WITHOUT_STORE = (
+    "Image features are not kept on disk while working on a region around each object: the "
+    "store holds features of whole slices, and the regions' crops change as objects move."
+)
 #: Trackers kept for other planes or settings, so switching back keeps their cached features.
 KEPT_SESSIONS = 3
 #: Neighbouring slices prepared at most while the annotator is idle.
@@ -143,6 +149,7 @@ class EngineLink:
         intensity_range: tuple[float, float] | None,
         precision: str,
         feature_folder: str | None = None,
+        roi: bool = False,
     ) -> EngineSession:
         """The session for these settings, built when missing. Raises ValueError without a
         model. With ``feature_folder``, its tracker reads and fills the folder's feature store
@@ -152,6 +159,7 @@ class EngineLink:
             raise ValueError(NO_MODEL)
         key = (id(image), geometry.key(), intensity_range, id(self.model), precision)
         key += (feature_folder,)
+        key += (bool(roi),)  # a region tracker per object, or one plain tracker
         found = self._sessions.get(key)
         if found is not None and found.image is image:
             self._sessions.move_to_end(key)
@@ -164,7 +172,7 @@ class EngineLink:
         name = image.name
 
         def build() -> Tracker:
-            tracker = Tracker(
+            tracker = (RegionTracker if roi else Tracker)(
                 model,
                 frames,
                 axis=axis,
@@ -172,7 +180,9 @@ class EngineLink:
                 intensity_range=intensity_range,
                 precision=precision,
             )
-            if feature_folder is not None:
+            if feature_folder is not None and roi:
+                session.store_note = ROI_WITHOUT_STORE
+            elif feature_folder is not None:
                 session.store_note = use_feature_folder(tracker, feature_folder, name)
             return tracker
 

@@ -157,7 +157,15 @@ class AnnotatorWidget(QWidget):
         self.negative = CheckBox(text="Clicks are negative (G; Shift+click flips one)")
         self.protect = CheckBox(text="Never overwrite other labels")
         self.prefetch = CheckBox(text="Prepare neighbouring slices while idle")
-        self.object_options = Container(widgets=[self.negative, self.protect, self.prefetch])
+        self.roi = CheckBox(text="Work on a region around the object")
+        self.roi.tooltip = (
+            "For slices much larger than the model's input: each object is segmented and "
+            "tracked on a crop around it, at full resolution, instead of the whole slice "
+            "squashed. Costs one image encoding per object and slice."
+        )
+        self.object_options = Container(
+            widgets=[self.negative, self.protect, self.prefetch, self.roi]
+        )
         objects_layout.addWidget(self.object_options.native)
         layout.addWidget(objects_box)
 
@@ -257,6 +265,7 @@ class AnnotatorWidget(QWidget):
                  to_state=lambda v: not v),
             bind(self.protect, state, "protect"),
             bind(self.prefetch, state, "prefetch"),
+            bind(self.roi, state, "roi"),
             bind(self.direction, state, "direction"),
             bind(self.max_frames, state, "max_frames", to_widget=_zero_if_none,
                  to_state=_none_if_zero),
