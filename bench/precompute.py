@@ -3,11 +3,13 @@
 ``scale`` fills a fresh feature store from the same on-disk stack with each cluster layout in
 ``--layouts`` (``WORKERSxTHREADS``: worker processes x torch threads each), and prints the
 throughput (computed frames per second of wall time, from the first chunk sent to the last one
-finished) and its ratio to the first layout. Each layout gets its own local cluster; before the
-timed run, a warm-up store of one chunk per worker makes every worker build the network and
-encode a frame, so the timed run measures the steady state, not start-up::
+finished) and its ratio to the first layout. Each layout gets its own local cluster, all started
+first; a warm-up store of one chunk per worker makes every worker build the network and encode a
+frame, so the timed runs measure the steady state, not start-up. The layouts then take turns,
+``--repeat`` times, and the best and median of each are printed (on a shared machine the best
+is the run least disturbed by other processes)::
 
-    python bench/precompute.py scale --frames 16 --layouts 1x1 1x2 2x1
+    python bench/precompute.py scale --frames 24 --layouts 1x1 1x2 2x1 --repeat 3
 
 ``memory`` fills a store for stacks of each length in ``--lengths`` on a fresh 2-worker
 cluster per length, and prints each worker's peak RSS (``ru_maxrss`` of the worker process,
@@ -25,9 +27,11 @@ root: ``.venv/bin/python bench/precompute.py ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,28 +78,35 @@ def job(args, stack: Path, store: Path, checkpoint: Path) -> FeatureJob:
 
 def scale(args, folder: Path, checkpoint: Path) -> None:
     stack = write_stack(folder / "scale.tif", args.frames, args.side)
-    rows = []
-    for layout in args.layouts:
-        workers, threads = (int(n) for n in layout.lower().split("x"))
-        warm = write_stack(folder / f"warm{layout}.tif", 2 * workers, args.side)
-        with connect(workers=workers, threads=threads) as client:
-            precompute(job(args, warm, folder / f"warm{layout}.zarr", checkpoint),
+    layouts = [tuple(int(n) for n in text.lower().split("x")) for text in args.layouts]
+    rates: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts}
+    with contextlib.ExitStack() as clusters:
+        clients = {}
+        for workers, threads in layouts:
+            client = clusters.enter_context(connect(workers=workers, threads=threads))
+            warm = write_stack(folder / f"warm{workers}x{threads}.tif", 2 * workers, args.side)
+            precompute(job(args, warm, folder / f"warm{workers}x{threads}.zarr", checkpoint),
                        client=client, chunk_frames=1)  # fmt: skip
-            report = precompute(job(args, stack, folder / f"scale{layout}.zarr", checkpoint),
-                                client=client, chunk_frames=args.chunk_frames)  # fmt: skip
-        assert report.computed == args.frames, report
-        rows.append({
-            "layout": f"{workers} worker(s) x {threads} thread(s)",
-            "frames": report.computed,
-            "seconds": round(report.compute_seconds, 2),
-            "frames_per_s": round(report.frames_per_second, 3),
-            "workers_used": len(set(report.pids)),
-        })  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]["frames_per_s"]
-    for row in rows:
-        print(f"{row['layout']}: {row['frames_per_s']:.3f} frames/s, "
-              f"ratio to {rows[0]['layout']}: {row['frames_per_s'] / base:.2f}")  # fmt: skip
+            clients[workers, threads] = client
+        # Layouts take turns, so a burst of load from other processes hits them alike.
+        for repeat in range(args.repeat):
+            for workers, threads in layouts:
+                store = folder / f"scale{workers}x{threads}-{repeat}.zarr"
+                report = precompute(job(args, stack, store, checkpoint),
+                                    client=clients[workers, threads],
+                                    chunk_frames=args.chunk_frames)  # fmt: skip
+                assert report.computed == args.frames, report
+                rates[workers, threads].append(report.frames_per_second)
+                print(json.dumps({"layout": f"{workers}x{threads}", "repeat": repeat,
+                                  "seconds": round(report.compute_seconds, 2),
+                                  "frames_per_s": round(report.frames_per_second, 3),
+                                  "workers_used": len(set(report.pids))}), flush=True)  # fmt: skip
+    base = max(rates[layouts[0]])
+    for (workers, threads), values in rates.items():
+        best = max(values)
+        print(f"{workers} worker(s) x {threads} thread(s): best {best:.3f} frames/s, median "
+              f"{statistics.median(values):.3f}; best / best of {layouts[0][0]}x"
+              f"{layouts[0][1]}: {best / base:.2f}")  # fmt: skip
 
 
 def memory(args, folder: Path, checkpoint: Path) -> None:
@@ -127,6 +138,7 @@ def main(argv=None) -> None:
         mode.add_argument("--folder", default=None, help="where stacks and stores go")
     sub.choices["scale"].add_argument("--frames", type=int, default=16)
     sub.choices["scale"].add_argument("--layouts", nargs="+", default=["1x1", "1x2", "2x1"])
+    sub.choices["scale"].add_argument("--repeat", type=int, default=3)
     sub.choices["memory"].add_argument("--lengths", type=int, nargs="+", default=[50, 200])
     args = parser.parse_args(argv)
 

@@ -20,6 +20,9 @@ def test_local_cluster_runs_separate_worker_processes_with_split_threads(client)
     assert layout.torch_threads == max(1, cluster.cpu_count() // 2)
     threads = client.run(lambda: os.environ["OMP_NUM_THREADS"])
     assert set(threads.values()) == {str(layout.torch_threads)}
+    # dask's MALLOC_TRIM_THRESHOLD_ (which slows torch down) is not given to the workers
+    trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trim.values()) == {os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
 def test_layout_one_worker_per_gpu_else_a_few_cpu_workers(monkeypatch):

@@ -37,6 +37,10 @@ __all__ = ["LocalLayout", "connect", "cpu_count", "local_layout", "torch_threads
 MAX_CPU_WORKERS = 4
 
 
+#: The dask setting that would give worker processes ``MALLOC_TRIM_THRESHOLD_``; unset.
+UNSET_ENVIRON = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
 def cpu_count() -> int:
     """The cores this process may run on (the affinity mask, as containers and taskset set it)."""
     try:
@@ -113,6 +117,9 @@ def connect(
         threads: torch threads per local worker (default: the cores shared out).
         quiet: keep the cluster's log lines (worker start and stop) off the terminal.
 
+    Worker processes are started with the ``spawn`` method: a script that calls this must
+    guard its entry point with ``if __name__ == "__main__":``.
+
     Yields:
         The connected client; ``client.napari_sam2_layout`` is the :class:`LocalLayout` of a
         local cluster, None on an existing one.
@@ -143,17 +150,24 @@ def connect(
             client.close()
         return
 
+    import dask
+
     layout = local_layout(workers, threads=threads)
     threads = str(layout.torch_threads)
-    cluster = distributed.LocalCluster(
-        n_workers=layout.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        # the errors that matter come back to the client with the task's exception
-        silence_logs=logging.CRITICAL if quiet else logging.WARNING,
-        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
-    )
+    # dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive
+    # mmap threshold: every large torch temporary is then mmap'ed and unmapped again, which
+    # made the image encoder 1.5-2.8x slower here (docs/benchmarks.md). Without it, a worker's
+    # memory still stays flat with stack length.
+    with dask.config.set({UNSET_ENVIRON: None}):
+        cluster = distributed.LocalCluster(
+            n_workers=layout.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # a free port: several clusters may run side by side
+            # the errors that matter come back to the client with the task's exception
+            silence_logs=logging.CRITICAL if quiet else logging.WARNING,
+            env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+        )
     try:
         client = distributed.Client(cluster)
         try:
