@@ -18,7 +18,8 @@ other work on the machine weighs on both alike: quote the ratios.
 A click is timed from ``Annotator.add_point`` (what a mouse click on the canvas triggers) to
 the mask written into the Labels layer and the annotator idle again.
 
-    xvfb-run -a .venv/bin/python bench/reopen_dock.py [--frames 200] [--image-size 1024]
+    xvfb-run -a .venv/bin/python bench/reopen_dock.py [--frames 200] [--image-size 1024] \
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=512, help="frame height and width")
     parser.add_argument("--slices", type=int, default=3, help="slices clicked per session")
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
 
     import warnings
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_sam2._sample_data import make_demo_stack
     from napari_sam2.model import build_sam2
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # one thread: steadier on a machine shared with others
     sys_path_bench()
     from gui_responsiveness import close_notifications, wait_idle
 
