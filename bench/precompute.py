@@ -7,7 +7,10 @@ finished) and its ratio to the first layout. Each layout gets its own local clus
 first; a warm-up store of one chunk per worker makes every worker build the network and encode a
 frame, so the timed runs measure the steady state, not start-up. The layouts then take turns,
 ``--repeat`` times, and the best and median of each are printed (on a shared machine the best
-is the run least disturbed by other processes)::
+is the run least disturbed by other processes), with the workers' CPU seconds per frame (user +
+system time of the worker processes over the run, divided by the frames): unlike the wall
+time, it does not depend on how much of the cores other processes leave us, and equal CPU time
+per frame for 1 and 2 workers means 2 workers on 2 free cores give twice the throughput::
 
     python bench/precompute.py scale --frames 24 --layouts 1x1 1x2 2x1 --repeat 3
 
@@ -66,6 +69,12 @@ def worker_memory() -> dict:
     return {"peak_rss_mib": round(peak, 1), **{k: round(v, 1) for k, v in status.items()}}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this (worker) process so far, all its threads."""
+    times = os.times()
+    return times.user + times.system
+
+
 def job(args, stack: Path, store: Path, checkpoint: Path) -> FeatureJob:
     return FeatureJob(
         stack=str(stack),
@@ -80,6 +89,7 @@ def scale(args, folder: Path, checkpoint: Path) -> None:
     stack = write_stack(folder / "scale.tif", args.frames, args.side)
     layouts = [tuple(int(n) for n in text.lower().split("x")) for text in args.layouts]
     rates: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts}
+    cpu_per_frame: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts}
     with contextlib.ExitStack() as clusters:
         clients = {}
         for workers, threads in layouts:
@@ -92,21 +102,28 @@ def scale(args, folder: Path, checkpoint: Path) -> None:
         for repeat in range(args.repeat):
             for workers, threads in layouts:
                 store = folder / f"scale{workers}x{threads}-{repeat}.zarr"
-                report = precompute(job(args, stack, store, checkpoint),
-                                    client=clients[workers, threads],
+                client = clients[workers, threads]
+                before = client.run(cpu_seconds)
+                report = precompute(job(args, stack, store, checkpoint), client=client,
                                     chunk_frames=args.chunk_frames)  # fmt: skip
+                after = client.run(cpu_seconds)
                 assert report.computed == args.frames, report
                 rates[workers, threads].append(report.frames_per_second)
+                cpu = sum(after[w] - before[w] for w in after) / report.computed
+                cpu_per_frame[workers, threads].append(cpu)
                 print(json.dumps({"layout": f"{workers}x{threads}", "repeat": repeat,
                                   "seconds": round(report.compute_seconds, 2),
                                   "frames_per_s": round(report.frames_per_second, 3),
+                                  "worker_cpu_s_per_frame": round(cpu, 3),
                                   "workers_used": len(set(report.pids))}), flush=True)  # fmt: skip
     base = max(rates[layouts[0]])
     for (workers, threads), values in rates.items():
         best = max(values)
+        cpu = statistics.median(cpu_per_frame[workers, threads])
         print(f"{workers} worker(s) x {threads} thread(s): best {best:.3f} frames/s, median "
               f"{statistics.median(values):.3f}; best / best of {layouts[0][0]}x"
-              f"{layouts[0][1]}: {best / base:.2f}")  # fmt: skip
+              f"{layouts[0][1]}: {best / base:.2f}; worker CPU s per frame (median) "
+              f"{cpu:.3f}")  # fmt: skip
 
 
 def memory(args, folder: Path, checkpoint: Path) -> None:
