@@ -21,7 +21,7 @@ kept in the group's attributes. Opening a store whose signature differs raises
 
 Writes are atomic per frame, and several threads or processes may fill one store at once:
 
-1. a writer takes the frame's file lock (``filelock``, in ``.locks/``; the operating system drops
+1. a writer takes the frame's file lock (``filelock``, in ``done/.locks/``; the system drops
    it when the process dies), then checks that the frame is still missing;
 2. it writes the frame's three chunks (zarr's local store writes each chunk to a temporary file
    and renames it into place);

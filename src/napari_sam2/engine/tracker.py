@@ -255,7 +255,8 @@ class Tracker:
         except Exception as err:  # a damaged chunk: compute the frame rather than fail
             warnings.warn(
                 f"could not read frame {frame} from the feature store "
-                f"{str(self.feature_store.path)!r} ({err}); computing it instead",
+                f"{str(self.feature_store.path)!r} ({err}); computing it instead (delete the "
+                "store to have it written again)",
                 RuntimeWarning,
                 stacklevel=3,
             )
