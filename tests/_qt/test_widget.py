@@ -431,3 +431,18 @@ def test_every_object_buttons_in_the_dock(annotating, qtbot):
     widget.seed_slices.value = "3-99"
     qtbot.mouseClick(widget.seed_button, Qt.LeftButton)
     assert "not within 0 to 4" in said(widget, "warning")[-1]
+
+
+def test_the_dock_scrolls_so_every_button_is_in_reach(annotating, qtbot):
+    from qtpy.QtCore import QPoint
+
+    user, widget = annotating
+    user.viewer.window._qt_window.resize(1200, 700)  # a laptop screen: the form is taller
+    qtbot.wait(100)
+    area = widget.scroll_area
+    assert area.verticalScrollBar().maximum() > 0
+    for button in (widget.propagate_button, widget.undo_button, widget.everything_button):
+        area.ensureWidgetVisible(button)
+        qtbot.wait(20)
+        top = button.mapTo(area.viewport(), QPoint(0, 0)).y()
+        assert top >= 0 and top + button.height() <= area.viewport().height()

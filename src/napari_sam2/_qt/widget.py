@@ -22,14 +22,16 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -86,7 +88,18 @@ class AnnotatorWidget(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         state = self.state
-        layout = QVBoxLayout(self)
+        # napari's dock does not scroll: on a 1000-pixel screen the propagation and undo buttons
+        # were below the window's edge, out of reach. The form scrolls inside the dock instead.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        self.scroll_area.setWidget(content)
+        outer.addWidget(self.scroll_area)
+        layout = QVBoxLayout(content)
 
         self.image_picker = create_widget(annotation=napari.layers.Image, label="Image")
         self.model_choice = ComboBox(
