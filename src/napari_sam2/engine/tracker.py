@@ -56,7 +56,6 @@ class PropagationInvalidated(ValueError):
     """
 
 
-
 class Tracker:
     """Prompts on any frame, many objects, propagation both ways, corrections.
 
