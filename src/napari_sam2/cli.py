@@ -192,6 +192,7 @@ def _tracker_options(args: argparse.Namespace) -> dict[str, Any]:
         "intensity_range": None if args.range is None else tuple(args.range),
         "precision": args.precision,
         "feature_store": getattr(args, "store", None),
+        "state_ram_bytes": getattr(args, "state_ram_bytes", None),  # batch: a worker's share
     }
 
 
@@ -344,6 +345,7 @@ def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None
     plan = _Plan(args) if plan is None else plan  # every check before the slow part
     if model is None:
         model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
+    from .engine.label_buffer import label_volume
     from .engine.session import label_frame
 
     make = _tracker_class(args)
@@ -354,20 +356,24 @@ def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None
     empty = np.zeros((height, width), dtype=plan.label_dtype)
     if plan.single:
         labels = label_frame(empty, tracker.frame_logits(0))
+        written = _write_output(plan, args, labels, labels, [0])
     else:
-        # The one full copy of the result, in the final dtype; it is written slice by slice.
-        labels = np.zeros((plan.num_frames, height, width), dtype=plan.label_dtype)
-        finished: list[int] = []
-        try:
-            with _ProgressBar(enabled=not args.quiet) as bar:
-                for frame, logits in tracker.propagate(plan.start, args.direction):
-                    labels[frame] = label_frame(empty, logits)
-                    finished.append(frame)
-                    bar.update(len(finished), plan.total)
-        except BaseException as error:
-            _keep_finished_frames(plan, args, labels, finished, error)
-            raise
-    written = _write_output(plan, args, labels, labels, [0] if plan.single else finished)
+        # The one full copy of the result, in the final dtype, written slice by slice; a large
+        # one (and a batch row's) is kept on disk beside --out, so RAM does not grow with it.
+        shape = (plan.num_frames, height, width)
+        on_disk = getattr(args, "labels_on_disk", None)
+        with label_volume(plan.out, shape, plan.label_dtype, on_disk=on_disk) as labels:
+            finished: list[int] = []
+            try:
+                with _ProgressBar(enabled=not args.quiet) as bar:
+                    for frame, logits in tracker.propagate(plan.start, args.direction):
+                        labels[frame] = label_frame(empty, logits)
+                        finished.append(frame)
+                        bar.update(len(finished), plan.total)
+            except BaseException as error:
+                _keep_finished_frames(plan, args, labels, finished, error)
+                raise
+            written = _write_output(plan, args, labels, labels, finished)
     if not args.quiet:
         print(f"wrote {written} ({' x '.join(map(str, labels.shape))}, "
               f"{len(plan.object_ids)} object(s))")  # fmt: skip
@@ -461,6 +467,7 @@ def _run_segment_all(args: argparse.Namespace) -> int:
     model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
     from .engine.automatic import AutomaticMaskGenerator
     from .engine.everything import iter_track_everything
+    from .engine.label_buffer import label_volume
     from .engine.session import label_frame
     from .engine.tracker import Tracker
 
@@ -468,27 +475,29 @@ def _run_segment_all(args: argparse.Namespace) -> int:
     generator = AutomaticMaskGenerator(tracker.model, plan.settings, device=tracker.device)
     height, width = tracker.frame_shape
     empty = np.zeros((height, width), dtype=np.uint32)
-    labels = np.zeros((plan.num_frames, height, width), dtype=np.uint32)
-    finished: list[int] = []  # frames of the final propagation, the only ones kept
-    try:
-        with _ProgressBar(enabled=not args.quiet) as bar:
-            steps = iter_track_everything(
-                tracker,
-                generator,
-                args.frames,
-                same_object_iou=args.same_object_iou,
-                direction=args.direction,
-                progress=bar.update,
-            )
-            for step in steps:
-                if step.final:
-                    labels[step.frame] = label_frame(empty, step.logits)
-                    finished.append(step.frame)
-    except BaseException as error:
-        _keep_finished_frames(plan, args, labels, finished, error)
-        raise
-    result = labels[0] if plan.single else labels
-    written = _write_output(plan, args, result, labels, finished)
+    shape = (plan.num_frames, height, width)
+    on_disk = False if plan.single else None  # a 2-D image is one frame: in RAM
+    with label_volume(plan.out, shape, np.uint32, on_disk=on_disk) as labels:
+        finished: list[int] = []  # frames of the final propagation, the only ones kept
+        try:
+            with _ProgressBar(enabled=not args.quiet) as bar:
+                steps = iter_track_everything(
+                    tracker,
+                    generator,
+                    args.frames,
+                    same_object_iou=args.same_object_iou,
+                    direction=args.direction,
+                    progress=bar.update,
+                )
+                for step in steps:
+                    if step.final:
+                        labels[step.frame] = label_frame(empty, step.logits)
+                        finished.append(step.frame)
+        except BaseException as error:
+            _keep_finished_frames(plan, args, labels, finished, error)
+            raise
+        result = labels[0] if plan.single else labels
+        written = _write_output(plan, args, result, labels, finished)
     if not args.quiet:
         print(f"wrote {written} ({' x '.join(map(str, result.shape))}, "
               f"{len(tracker.object_ids)} object(s))")  # fmt: skip

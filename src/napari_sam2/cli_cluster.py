@@ -94,6 +94,13 @@ def add_cluster_commands(commands) -> None:
         "when present and filled otherwise",
     )
     _add_cluster_options(batch)
+    batch.add_argument(
+        "--state-ram-gib",
+        type=float,
+        metavar="GIB",
+        help="RAM each row's tracking state may hold before it goes to disk (default: half of "
+        "a machine's available memory split between the tasks it runs at once, at most 4 GiB)",
+    )
     cli._add_model_options(batch)
     cli._add_direction_option(batch)
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -203,17 +210,23 @@ def _run_batch(args: argparse.Namespace) -> int:
     _require_cluster()
     from .distributed.batch import format_summary, read_jobs, run_batch
     from .distributed.cluster import torch_threads_of
+    from .distributed.worker import tasks_per_host
 
     if args.model is not None:
         cli._check_model_name(args.model)
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise cli.CommandError(f"--checkpoint {args.checkpoint} does not exist")
+    budget = args.state_ram_gib
+    if budget is not None and not (budget > 0 and budget < float("inf")):
+        raise cli.CommandError(f"--state-ram-gib must be a number above 0, got {budget}")
     rows = read_jobs(args.jobs)  # the whole file is checked before a cluster starts
     options = {name: getattr(args, name) for name in _ROW_OPTIONS}
     options["checkpoint"] = _absolute(args.checkpoint)
+    options["state_ram_bytes"] = None if budget is None else int(budget * 2**30)
     with _connect(args) as client:
         _say_cluster(client, args.quiet)
         options["torch_threads"] = torch_threads_of(client)
+        options["tasks_per_host"] = tasks_per_host(client)
         with cli._ProgressBar(not args.quiet, desc="volumes", unit="volume") as bar:
             results = run_batch(
                 rows,
@@ -232,7 +245,7 @@ def segment_row(row, options: dict, store: str | None):
     network. Returns a :class:`~napari_sam2.distributed.batch.RowResult`; a failure is a
     failed result (one line), not an exception, so the other rows go on."""
     from .distributed.batch import timed_row
-    from .distributed.worker import ModelOptions, cached_model
+    from .distributed.worker import ModelOptions, cached_model, state_ram_share
 
     def work() -> tuple[int, int]:
         if os.path.exists(row.out):
@@ -244,6 +257,12 @@ def segment_row(row, options: dict, store: str | None):
             setattr(args, name, options[name])
         args.points, args.boxes, args.prompts = row.points, row.boxes, row.prompts
         args.store = store  # segment's --store: read the row's features, fill what is missing
+        # Bounded RAM per worker whatever the volume's length: the label volume on disk
+        # beside the output, the tracking state within this worker's share of the machine.
+        args.labels_on_disk = True
+        args.state_ram_bytes = options.get("state_ram_bytes")
+        if args.state_ram_bytes is None:
+            args.state_ram_bytes = state_ram_share(options.get("tasks_per_host", 1))
         plan = cli._Plan(args)  # the prompt file's settings fill the options not given
         model = cached_model(
             ModelOptions(

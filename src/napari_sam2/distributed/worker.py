@@ -12,7 +12,14 @@ import os
 import threading
 from dataclasses import dataclass
 
-__all__ = ["ModelOptions", "cached_model", "task_device", "use_threads"]
+__all__ = [
+    "ModelOptions",
+    "cached_model",
+    "state_ram_share",
+    "task_device",
+    "tasks_per_host",
+    "use_threads",
+]
 
 _lock = threading.Lock()  # tasks may share a process on clusters run with several threads
 _cached: tuple[ModelOptions, object] | None = None
@@ -91,3 +98,28 @@ def cached_model(options: ModelOptions):
         )
         _cached = (key, model)
         return model
+
+
+def tasks_per_host(client) -> int:
+    """The most tasks ``client``'s cluster runs at once on one machine: the worker threads
+    (task slots) of its busiest host, at least 1."""
+    slots: dict[str, int] = {}
+    for info in client.scheduler_info(n_workers=-1)["workers"].values():
+        host = info.get("host", "")
+        slots[host] = slots.get(host, 0) + int(info.get("nthreads", 1))
+    return max([1, *slots.values()])
+
+
+def state_ram_share(tasks: int, available: int | None = None) -> int:
+    """A batch task's tracking-state RAM budget (bytes) when ``tasks`` run at once on this
+    machine: half of this machine's available memory (``available``, default: now) split
+    between them, capped at the tracker's default
+    (:func:`~napari_sam2.engine.memory_estimate.default_state_ram_bytes`). Without it each
+    task would take the single-process default and N workers would overcommit the machine;
+    state beyond the budget goes to disk."""
+    from ..engine.memory_estimate import available_host_bytes, default_state_ram_bytes
+
+    free = available_host_bytes() if available is None else available
+    if free is None:
+        return default_state_ram_bytes()
+    return default_state_ram_bytes(free // max(1, int(tasks)))
