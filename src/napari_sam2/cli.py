@@ -234,6 +234,9 @@ class _Plan:
     """Everything checked before the model is built: paths, image layout, prompts, memory."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        import dataclasses
+
+        from .engine.label_buffer import labels_on_disk
         from .engine.memory_estimate import check_run_fits, estimate_run_bytes
         from .model.config import get_config
 
@@ -277,16 +280,20 @@ class _Plan:
             self.total = 1
         else:
             self.total = plan_propagation(self.num_frames, self.start, args.direction).total
-        check_run_fits(
-            estimate_run_bytes(
-                image_size=config.image_size,
-                num_objects=len(self.object_ids),
-                num_frames=self.total,
-                frame_shape=self.frames.frame_shape,
-                label_itemsize=self.label_dtype.itemsize,
-                channels=3 if self.frames.layout != "grey" else 1,
-            )
+        estimate = estimate_run_bytes(
+            image_size=config.image_size,
+            num_objects=len(self.object_ids),
+            num_frames=self.total,
+            frame_shape=self.frames.frame_shape,
+            label_itemsize=self.label_dtype.itemsize,
+            channels=3 if self.frames.layout != "grey" else 1,
+            state_ram_bytes=getattr(args, "state_ram_bytes", None),
         )
+        volume = (self.num_frames, *self.frames.frame_shape)
+        on_disk = getattr(args, "labels_on_disk", None)
+        if not self.single and labels_on_disk(volume, self.label_dtype, on_disk):
+            estimate = dataclasses.replace(estimate, labels=0)  # a file beside --out
+        check_run_fits(estimate)
 
 
 def _check_store_option(args: argparse.Namespace) -> None:

@@ -60,6 +60,10 @@ def test_label_volume_chooses_disk_above_the_threshold(tmp_path, monkeypatch):
         assert isinstance(large, LabelBuffer)
     with label_volume(tmp_path / "o.tif", (2, 8, 8), np.uint16, on_disk=False) as forced:
         assert isinstance(forced, np.ndarray)
+    assert label_buffer.labels_on_disk((2, 8, 8), np.uint16) and not label_buffer.labels_on_disk(
+        (2, 5, 5), np.uint16
+    )  # 256 bytes against 100 bytes; 100 is not above
+    assert label_buffer.labels_on_disk((1, 1, 1), np.uint16, True)
 
 
 def test_rss_does_not_grow_with_the_frames_written(tmp_path):

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DISK_LABELS_BYTES", "LabelBuffer", "label_volume"]
+__all__ = ["DISK_LABELS_BYTES", "LabelBuffer", "label_volume", "labels_on_disk"]
 
 DISK_LABELS_BYTES = 256 * 2**20
 """Label volumes larger than this (bytes) are kept on disk by the CLI's segment path."""
@@ -164,8 +164,14 @@ def label_volume(
     ``out`` when ``on_disk`` (None: when the volume is larger than ``threshold`` bytes, default
     :data:`DISK_LABELS_BYTES`), else a
     numpy array."""
-    if threshold is None:
-        threshold = DISK_LABELS_BYTES
-    if on_disk is None:
-        on_disk = int(np.prod(shape)) * np.dtype(dtype).itemsize > threshold
-    return LabelBuffer(out, shape, dtype) if on_disk else _InRam(shape, dtype)
+    if labels_on_disk(shape, dtype, on_disk, threshold=threshold):
+        return LabelBuffer(out, shape, dtype)
+    return _InRam(shape, dtype)
+
+
+def labels_on_disk(shape, dtype, on_disk: bool | None = None, *, threshold: int | None = None):
+    """Whether :func:`label_volume` keeps a volume of ``shape`` and ``dtype`` on disk."""
+    if on_disk is not None:
+        return bool(on_disk)
+    limit = DISK_LABELS_BYTES if threshold is None else threshold
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize > limit
