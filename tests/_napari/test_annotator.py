@@ -397,6 +397,10 @@ def test_segment_everything_makes_objects_that_propagation_tracks(model, stack):
     assert a.state.object_ids == before and labels.max() == 0
     assert a.segment_everything(points_per_side=0) is None
     assert "points_per_side" in said(a)[-1]
+    # No stability score is above 1: a warning, and the status line says so too.
+    assert a.segment_everything(**{**LOOSE_AMG, "stability_score_thresh": 1.5}) is not None
+    assert "found no object on slice 2" in said(a, "warning")[-1]
+    assert a.state.status == "Segment everything found no object on slice 2."
 
 
 def test_objects_from_labels_keep_their_ids_on_every_seeded_slice(model, stack):

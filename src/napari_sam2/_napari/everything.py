@@ -71,6 +71,7 @@ def segment_everything(
 
     def on_yield(records) -> None:
         if not records:
+            annotator.state.status = f"Segment everything found no object on slice {frame}."
             annotator.notify(
                 "warning",
                 f"Segment everything found no object on slice {frame}. Lower the IoU or "
@@ -95,7 +96,12 @@ def segment_everything(
         annotator.notify("info", annotator.state.status)
 
     annotator.state.status = f"Segmenting everything on slice {frame}…"
-    job = Job("segment everything", work, on_yield=on_yield, on_error=annotator.report_failure)
+    def on_error(err: BaseException) -> None:
+        # The status line must not keep saying "Segmenting…" after a failure.
+        annotator.state.status = f"Segment everything failed on slice {frame}."
+        annotator.report_failure(err)
+
+    job = Job("segment everything", work, on_yield=on_yield, on_error=on_error)
     annotator.jobs.submit(job)
     return job
 
