@@ -352,7 +352,7 @@ def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None
     plan = _Plan(args) if plan is None else plan  # every check before the slow part
     if model is None:
         model = _build_model(args.model, args.checkpoint, args.image_size, args.device)
-    from .engine.label_buffer import label_volume
+    from .engine.label_buffer import label_volume, release_mapped_pages
     from .engine.session import label_frame
 
     make = _tracker_class(args)
@@ -377,6 +377,8 @@ def _run_segment(args: argparse.Namespace, plan: _Plan | None = None, model=None
                         labels[frame] = label_frame(empty, logits)
                         finished.append(frame)
                         bar.update(len(finished), plan.total)
+                        if len(finished) % 16 == 0:  # the frames read from a mapped stack
+                            release_mapped_pages(plan.image)
             except BaseException as error:
                 _keep_finished_frames(plan, args, labels, finished, error)
                 raise

@@ -134,3 +134,15 @@ def test_segment_on_disk_keeps_the_finished_frames_on_ctrl_c(tmp_path, inputs, m
     assert meta["finished_frames"] == [1, 2]
     row, col = CENTRE
     assert labels.shape == (3, 64, 64) and labels[1, row, col] == 3 and not labels[0].any()
+
+
+def test_release_mapped_pages_drops_a_mapped_stacks_pages_not_its_data(tmp_path):
+    from napari_sam2.engine.io import read_stack
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.arange(4 * 256 * 256, dtype=np.uint16).reshape(4, 256, 256))
+    stack = read_stack(path)
+    total = int(stack.sum())
+    assert label_buffer.release_mapped_pages(stack)
+    assert int(stack.sum()) == total  # read again from the file
+    assert not label_buffer.release_mapped_pages(np.zeros(3))

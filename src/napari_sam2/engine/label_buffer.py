@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DISK_LABELS_BYTES", "LabelBuffer", "label_volume", "labels_on_disk"]
+__all__ = [
+    "DISK_LABELS_BYTES",
+    "LabelBuffer",
+    "label_volume",
+    "labels_on_disk",
+    "release_mapped_pages",
+]
 
 DISK_LABELS_BYTES = 256 * 2**20
 """Label volumes larger than this (bytes) are kept on disk by the CLI's segment path."""
@@ -175,3 +181,24 @@ def labels_on_disk(shape, dtype, on_disk: bool | None = None, *, threshold: int 
         return bool(on_disk)
     limit = DISK_LABELS_BYTES if threshold is None else threshold
     return int(np.prod(shape)) * np.dtype(dtype).itemsize > limit
+
+
+def release_mapped_pages(array: Any) -> bool:
+    """Drop the resident pages of a memory-mapped input (``np.memmap``, as
+    :func:`~napari_sam2.engine.io.read_stack` opens an uncompressed TIFF) from this process.
+
+    Pages of a read-only file mapping stay mapped once read, so a run through a memory-mapped
+    stack would count every frame it has read in its RSS (2 MiB a 1024 x 1024 uint16 frame).
+    ``MADV_DONTNEED`` unmaps them; the data stays in the file (and the page cache) and is read
+    again if needed. Returns whether anything was released (False for any other array).
+    """
+    import mmap
+
+    handle = getattr(array, "_mmap", None)
+    if handle is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    try:
+        handle.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # closed, or not allowed on this mapping
+        return False
+    return True
