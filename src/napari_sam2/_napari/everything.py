@@ -89,13 +89,14 @@ def segment_everything(
         masks = {(obj_id, frame): mask for obj_id, mask in matched.items()}
         masks.update({(start + k, frame): mask for k, mask in enumerate(new)})
         count = add_mask_objects(annotator, masks, "segment everything")
-        annotator.state.status = (
+        annotator.notify(  # information also becomes the dock's status line
+            "info",
             f"Found {len(found)} object(s) on slice {frame}: {count} new, {len(matched)} "
-            "already tracked there."
+            "already tracked there.",
         )
-        annotator.notify("info", annotator.state.status)
 
     annotator.state.status = f"Segmenting everything on slice {frame}…"
+
     def on_error(err: BaseException) -> None:
         # The status line must not keep saying "Segmenting…" after a failure.
         annotator.state.status = f"Segment everything failed on slice {frame}."
@@ -157,9 +158,9 @@ def objects_from_labels(annotator, layer: Labels, frames: list[int] | None = Non
     before = set(annotator.state.object_ids)
     add_mask_objects(annotator, masks, "objects from labels")
     made = len(set(annotator.state.object_ids) - before)
-    annotator.state.status = (
+    annotator.notify(
+        "info",
         f"{len({k[0] for k in masks})} object(s) from {layer.name!r} on {len(set(frames))} "
-        f"slice(s), {made} new."
+        f"slice(s), {made} new.",
     )
-    annotator.notify("info", annotator.state.status)
     return made

@@ -154,8 +154,7 @@ def start_propagation(
         else:
             objects = run.get("objects", len(state.objects))
             summary = f"Propagated {objects} object(s) through {done} slice(s) in {seconds:.1f} s."
-            state.status = summary
-            annotator.notify("info", summary)
+            annotator.notify("info", summary)  # also the dock's status line
 
     job = Job(
         "propagate",
