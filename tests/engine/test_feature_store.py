@@ -27,8 +27,8 @@ from napari_sam2.engine.feature_store import (  # noqa: E402
     level_shapes,
 )
 from napari_sam2.engine.tracker import Tracker  # noqa: E402
-from napari_sam2.model import build_sam2  # noqa: E402
 from tests.engine._video_oracle import synthetic_stack  # noqa: E402
+from tests.engine.helpers import random_tiny_model  # noqa: E402
 from tests.engine.test_tracker import counting_encoder  # noqa: E402
 
 INPUT = 64  # store-only tests: small levels (32x16x16, 64x8x8, 256x4x4)
@@ -226,10 +226,7 @@ CLICK = np.array([[38.0, 48.0]])  # (x, y) on the disc of synthetic_stack's firs
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = build_sam2("sam2.1_hiera_tiny", image_size=SIZE)
-    net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(4.0)
-    return net
+    return random_tiny_model(SIZE)
 
 
 def small_disc_stack(num_frames: int = 3) -> np.ndarray:

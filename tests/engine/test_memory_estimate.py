@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from napari_sam2.engine import memory_estimate
 from napari_sam2.engine.memory_estimate import (
@@ -17,7 +16,7 @@ from napari_sam2.engine.memory_estimate import (
     estimate_propagation_bytes,
 )
 from napari_sam2.engine.tracker import Tracker
-from napari_sam2.model import build_sam2
+from tests.engine.helpers import random_tiny_model
 
 
 def _expected_bytes(size: int) -> int:
@@ -81,10 +80,7 @@ def test_available_host_bytes_is_plausible():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = build_sam2("sam2.1_hiera_tiny", image_size=256)
-    net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(4.0)
-    return net
+    return random_tiny_model(256)
 
 
 def test_tracker_refuses_before_yielding_anything(model, monkeypatch):

@@ -22,8 +22,8 @@ from napari_sam2.engine.precision import (
     resolve_precision,
 )
 from napari_sam2.engine.tracker import Tracker
-from napari_sam2.model import build_sam2
 from tests.engine._video_oracle import synthetic_stack
+from tests.engine.helpers import random_tiny_model
 
 SIZE = 256
 #: A seed whose random weights give masks of about a tenth of the frame on synthetic_stack,
@@ -158,10 +158,7 @@ def test_autocast_context_casts_only_below_float32():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(SEED)
-    net = build_sam2("sam2.1_hiera_tiny", image_size=SIZE)
-    net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(4.0)
-    return net.eval()
+    return random_tiny_model(SIZE, seed=SEED).eval()
 
 
 def test_tracker_reports_its_precision(model, cpu_bf16):

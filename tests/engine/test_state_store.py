@@ -30,7 +30,7 @@ from napari_sam2.engine.memory_estimate import (
 from napari_sam2.engine.objects import FrameOutput
 from napari_sam2.engine.state_store import StateStore
 from napari_sam2.engine.tracker import Tracker
-from napari_sam2.model import build_sam2
+from tests.engine.helpers import random_tiny_model
 from tests.engine.test_tracker import counting_encoder
 
 SIZE = 256
@@ -177,10 +177,7 @@ def test_the_estimate_splits_state_between_ram_and_disk():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = build_sam2("sam2.1_hiera_tiny", image_size=SIZE)
-    net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(4.0)
-    return net
+    return random_tiny_model(SIZE)
 
 
 def _stack(num_frames: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

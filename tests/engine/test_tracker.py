@@ -18,7 +18,7 @@ import torch
 
 from napari_sam2.engine.memory_estimate import bytes_per_object_frame
 from napari_sam2.engine.tracker import Tracker
-from napari_sam2.model import build_sam2
+from tests.engine.helpers import random_tiny_model
 
 SIZE = 256
 HEIGHT, WIDTH = 48, 64  # non-square frames, larger than napari's RGB guess threshold (30)
@@ -29,10 +29,7 @@ FOREGROUND = np.array([1])
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = build_sam2("sam2.1_hiera_tiny", image_size=SIZE)
-    net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(4.0)
-    return net
+    return random_tiny_model(SIZE)
 
 
 def blob_stack(num_frames: int, dtype=np.uint16, offset: float = 0.0) -> np.ndarray:
