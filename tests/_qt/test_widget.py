@@ -169,6 +169,40 @@ def test_click_shift_click_box_and_keys_as_a_user(annotating, qtbot):
     assert frames_with(a.layers.labels, 2) == {2}
 
 
+def test_a_click_on_a_cached_slice_is_segmented_at_once_and_slow_ones_go_to_the_worker(
+    annotating, qtbot, monkeypatch
+):
+    from napari_sam2._napari import sync
+    from napari_sam2.engine.tracker import Tracker
+
+    user, widget = annotating
+    a = widget.annotator
+    first_click(user, widget, qtbot)  # slice 2's features are now in memory
+    on_main = []
+    decode = Tracker.set_prompts
+
+    def spy(self, *args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracker, "set_prompts", spy)
+    user.type(Qt.Key_N)
+    click_data(user, a.layers.points, 12, 44)
+    # No waiting: the mask is in the layer when the click's event returns.
+    assert on_main == [True] and idle(widget)
+    assert frames_with(a.layers.labels, 2) == {2}
+
+    # Decodings slower than the budget, twice in a row: the next clicks go to the worker.
+    monkeypatch.setattr(sync, "INLINE_BUDGET_S", 0.0)
+    click_data(user, a.layers.points, 14, 44)
+    click_data(user, a.layers.points, 16, 44)
+    assert on_main == [True, True, True]
+    click_data(user, a.layers.points, 18, 44)
+    qtbot.waitUntil(lambda: len(on_main) == 4 and idle(widget), timeout=TIMEOUT_MS)
+    assert on_main[-1] is False, "after two slow decodings the click runs in the worker"
+    assert len(a.layers.points.data) == 5 and frames_with(a.layers.labels, 2) == {2}
+
+
 def test_shift_p_propagates_with_progress_and_undo_in_the_worker(annotating, qtbot):
     user, widget = annotating
     a = widget.annotator

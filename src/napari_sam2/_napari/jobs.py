@@ -74,11 +74,18 @@ class Job:
     cancelled: bool = False
     failed: BaseException | None = None
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _delivered_finish: bool = field(default=False, repr=False)
 
     def cancel(self) -> None:
         """Ask the work to stop at its next yield; results already delivered are kept."""
         self.cancelled = True
+        self._cancel_requested.set()
+
+    def sleep(self, seconds: float) -> bool:
+        """In the work: wait ``seconds``, or less if the job is cancelled meanwhile; returns
+        whether it was cancelled."""
+        return self._cancel_requested.wait(max(seconds, 0.0)) or self.cancelled
 
     @property
     def finished(self) -> bool:
@@ -170,6 +177,9 @@ class SyncRunner:
         job.deliver_finish()
 
 
+_INLINE = SyncRunner()
+
+
 class JobQueue:
     """Runs jobs one at a time, in submission order, through a runner.
 
@@ -228,6 +238,26 @@ class JobQueue:
         self._tell_busy()
         if self.running is None:
             self._start_next()
+
+    def run_now(self, job: Job, *, wait_background: float = 0.05) -> bool:
+        """Run ``job`` to the end here, on the calling (main) thread, when nothing else waits
+        or runs. Returns False otherwise, and the caller submits it (a submit would have
+        stopped the background work too).
+
+        Background work that is running is stopped and given ``wait_background`` seconds to
+        leave its thread (it stops before its next step), so the engine is never used by two
+        threads at once. The job is not queued: it makes the queue neither busy nor idle.
+        """
+        if self.closed or self._queue:
+            return False
+        running = self.running
+        if running is not None and not running.background:
+            return False
+        self.stop_background()
+        if running is not None and not running.wait_finished(wait_background):
+            return False
+        _INLINE.start(job)
+        return True
 
     def withdraw(self, job: Job) -> bool:
         """Take ``job`` out of the queue before it starts, finishing it; False when it is not

@@ -45,6 +45,10 @@ KEPT_SESSIONS = 3
 MAX_PREFETCH = 6
 #: Seconds without a request before neighbouring slices are prepared.
 IDLE_SECONDS = 0.6
+#: Longest segmentation of a slice with cached features that runs on the main thread.
+INLINE_BUDGET_S = 0.075
+#: Clicks sent to the worker, after a main-thread one took too long, before trying again.
+INLINE_RETRY_AFTER = 8
 
 
 class _Stopped(Exception):
@@ -101,6 +105,10 @@ class EngineSession:
     build: Callable[[], Tracker]
     sent: dict[tuple[int, int], Prompt] = field(default_factory=dict)
     store_note: str = ""
+    #: Clicks still to send to the worker before one runs on the main thread again.
+    inline_pause: int = 0
+    #: Main-thread clicks in a row that took longer than :data:`INLINE_BUDGET_S`.
+    inline_over: int = 0
     _tracker: Tracker | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -114,6 +122,14 @@ class EngineSession:
     @property
     def built(self) -> bool:
         return self._tracker is not None
+
+    def inline_took(self, seconds: float) -> None:
+        """Record a main-thread click's decoding time. Two too slow in a row (the first
+        decoding after a model load is slower, once) send the next clicks to the worker."""
+        self.inline_over = self.inline_over + 1 if seconds > INLINE_BUDGET_S else 0
+        if self.inline_over >= 2:
+            self.inline_over = 0
+            self.inline_pause = INLINE_RETRY_AFTER
 
 
 class EngineLink:
@@ -263,11 +279,8 @@ class EngineLink:
         def work():
             # Start only once the user has paused: a click right after moving to a slice
             # then never waits behind a neighbour's features (an inline runner does not wait).
-            idle_until = time.monotonic() + IDLE_SECONDS
-            while threading.current_thread() is not inline and time.monotonic() < idle_until:
-                if job.cancelled:
-                    return
-                time.sleep(0.02)
+            if threading.current_thread() is not inline and job.sleep(IDLE_SECONDS):
+                return
             tracker = session.tracker
             cache = tracker.features
             encoder = tracker.model.image_encoder
@@ -296,6 +309,8 @@ class EngineLink:
     def _submit(self, session, key, prompt: Prompt | None, context, write: bool) -> None:
         obj_id, frame = key
 
+        inline = self._can_run_inline(session, frame, prompt)
+
         def work():
             tracker = session.tracker
             if prompt is None or prompt.empty:
@@ -307,7 +322,11 @@ class EngineLink:
                 yield frame, {obj_id: None}
                 return
             tracker.prepare(frame)
-            yield frame, tracker.set_prompts(frame, obj_id, **prompt.engine_kwargs())
+            began = time.perf_counter()
+            logits = tracker.set_prompts(frame, obj_id, **prompt.engine_kwargs())
+            if inline:
+                session.inline_took(time.perf_counter() - began)
+            yield frame, logits
 
         def on_yield(item) -> None:
             if write:
@@ -319,6 +338,29 @@ class EngineLink:
                 session.sent.pop(key, None)
             self._on_error(err)
 
-        self.jobs.submit(
-            Job("segment", work, on_yield=on_yield, on_error=on_error, key=("segment", key))
-        )
+        job = Job("segment", work, on_yield=on_yield, on_error=on_error, key=("segment", key))
+        if not (inline and self.jobs.run_now(job)):
+            self.jobs.submit(job)
+
+    @staticmethod
+    def _can_run_inline(session: EngineSession, frame: int, prompt: Prompt | None) -> bool:
+        """Whether a click's segmentation may run on the main thread, at once.
+
+        With the slice's features in memory a click costs one mask decoding (about 50 ms at
+        input size 1024 on a 2-core CPU, a few ms on a GPU). Handing that to a worker costs
+        more than it saves: the thread hand-offs, and napari redrawing the new point while
+        torch computes on the same cores, made a click 2.2-2.7x the decoding alone
+        (docs/benchmarks.md). Here the point and its mask are drawn once, together. Two
+        decodings in a row longer than :data:`INLINE_BUDGET_S` send the session's next
+        :data:`INLINE_RETRY_AFTER` clicks to the worker (:meth:`EngineSession.inline_took`),
+        so the viewer never stalls long. Only a click on an idle queue runs here
+        (:meth:`JobQueue.run_now`).
+        """
+        if prompt is None or not session.built:
+            return False
+        if session.inline_pause > 0:
+            session.inline_pause -= 1
+            return False
+        tracker = session.tracker
+        # A region tracker crops per object: its features are not the slice's.
+        return not isinstance(tracker, RegionTracker) and frame in tracker.features
