@@ -20,9 +20,9 @@ class Attention(nn.Module):
     Args:
         embedding_dim: channels of the queries and of the output.
         num_heads: attention heads; must divide ``internal_dim``.
+        kv_in_dim: channels of the keys and values; ``embedding_dim`` when None.
         downsample_rate: divisor of ``embedding_dim`` giving the internal width.
         dropout: attention dropout probability, used in training mode only.
-        kv_in_dim: channels of the keys and values; ``embedding_dim`` when None.
     """
 
     def __init__(
@@ -30,9 +30,9 @@ class Attention(nn.Module):
         embedding_dim: int,
         num_heads: int,
         *,
+        kv_in_dim: int | None = None,
         downsample_rate: int = 1,
         dropout: float = 0.0,
-        kv_in_dim: int | None = None,
     ) -> None:
         super().__init__()
         internal_dim = embedding_dim // downsample_rate

@@ -158,12 +158,13 @@ class MaskDecoder(nn.Module):
 
     def predict_masks(
         self,
+        *,
         image_embeddings: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None = None,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         repeat_image: bool,
-        high_res_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predictions of every mask token, before any selection.
 
@@ -246,25 +247,26 @@ class MaskDecoder(nn.Module):
 
     def forward(
         self,
+        *,
         image_embeddings: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None = None,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         repeat_image: bool,
-        high_res_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predict masks.
 
         Args:
             image_embeddings: (B or 1, C, h, w) image features.
+            high_res_features: [feat_s0 (B, C/8, 4h, 4w), feat_s1 (B, C/4, 2h, 2w)] when
+                ``use_high_res_features``; ignored otherwise.
             image_pe: (1, C, h, w) from ``PromptEncoder.get_dense_pe()``.
             sparse_prompt_embeddings: (B, N, C) point and box tokens.
             dense_prompt_embeddings: (B, C, h, w) mask-prompt embedding.
             multimask_output: return the 3 candidates instead of one mask.
             repeat_image: repeat a single image's features over the B prompts.
-            high_res_features: [feat_s0 (B, C/8, 4h, 4w), feat_s1 (B, C/4, 2h, 2w)] when
-                ``use_high_res_features``; ignored otherwise.
 
         Returns:
             masks: (B, K, 4h, 4w) float logits, K = 3 in multimask mode, else 1.
@@ -275,12 +277,12 @@ class MaskDecoder(nn.Module):
             object_score_logits: (B, 1) "object present" logit.
         """
         all_masks, all_iou, mask_tokens_out, object_score_logits = self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            repeat_image,
-            high_res_features,
+            image_embeddings=image_embeddings,
+            high_res_features=high_res_features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse_prompt_embeddings,
+            dense_prompt_embeddings=dense_prompt_embeddings,
+            repeat_image=repeat_image,
         )
         if multimask_output:
             masks, iou_pred = all_masks[:, 1:], all_iou[:, 1:]

@@ -35,10 +35,11 @@ class TwoWayAttentionBlock(nn.Module):
         self,
         embedding_dim: int,
         num_heads: int,
-        mlp_dim: int = 2048,
-        activation: type[nn.Module] = nn.ReLU,
-        attention_downsample_rate: int = 2,
+        *,
         skip_first_layer_pe: bool = False,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         dim, heads, rate = embedding_dim, num_heads, attention_downsample_rate
@@ -82,23 +83,23 @@ class TwoWayTransformer(nn.Module):
     """A stack of :class:`TwoWayAttentionBlock` and a last token-to-image attention.
 
     Args:
-        depth: number of blocks.
         embedding_dim: channels of tokens and image features.
         num_heads: attention heads.
+        depth: number of blocks.
         mlp_dim: hidden width of each block's MLP.
-        activation: the MLP's activation class.
         attention_downsample_rate: channel divisor inside the cross-attentions.
+        activation: the MLP's activation class.
     """
 
     def __init__(
         self,
         *,
-        depth: int,
         embedding_dim: int,
         num_heads: int,
+        depth: int,
         mlp_dim: int,
-        activation: type[nn.Module] = nn.ReLU,
         attention_downsample_rate: int = 2,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         self.depth, self.mlp_dim = depth, mlp_dim
@@ -106,7 +107,12 @@ class TwoWayTransformer(nn.Module):
         rate = attention_downsample_rate
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(
-                embedding_dim, num_heads, mlp_dim, activation, rate, skip_first_layer_pe=index == 0
+                embedding_dim,
+                num_heads,
+                skip_first_layer_pe=index == 0,
+                mlp_dim=mlp_dim,
+                attention_downsample_rate=rate,
+                activation=activation,
             )
             for index in range(depth)
         )
