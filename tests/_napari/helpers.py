@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
+from napari_sam2._napari.jobs import Job
 from napari_sam2._sample_data import make_demo_stack
 from napari_sam2.engine.tracker import Tracker
 from napari_sam2.model import build_sam2
@@ -37,3 +40,20 @@ def apply_masks(shadow: np.ndarray, frame: int, logits_by_id: dict) -> None:
     from napari_sam2.engine.session import label_frame
 
     shadow[frame] = label_frame(shadow[frame], logits_by_id)
+
+
+class ThreadedRunner:
+    """Runs each job's work in a plain thread and keeps the deliveries for the test to make
+    (the main-thread half of a real runner)."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    def start(self, job: Job) -> None:
+        def drain() -> None:
+            for _ in job.run():
+                pass
+
+        thread = threading.Thread(target=drain, daemon=True)
+        self.threads.append(thread)
+        thread.start()

@@ -8,22 +8,7 @@ import time
 
 from napari_sam2._napari.jobs import Job, JobQueue
 
-
-class ThreadedRunner:
-    """Runs each job's work in a plain thread and keeps the deliveries for the test to make
-    (the main-thread half of a real runner)."""
-
-    def __init__(self) -> None:
-        self.threads: list[threading.Thread] = []
-
-    def start(self, job: Job) -> None:
-        def drain() -> None:
-            for _ in job.run():
-                pass
-
-        thread = threading.Thread(target=drain, daemon=True)
-        self.threads.append(thread)
-        thread.start()
+from .helpers import ThreadedRunner
 
 
 def running_background(work, inside: threading.Event) -> tuple[JobQueue, Job]:

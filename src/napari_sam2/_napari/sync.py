@@ -245,8 +245,11 @@ class EngineLink:
         previous, session.sent = session.sent, dict(prompts)
         changed = [key for key in previous if key not in prompts]
         changed += [key for key, p in prompts.items() if not p.same_as(previous.get(key))]
+        # One changed group is a click (or a box, a brush edit); more (a loaded prompt file,
+        # an undo) always go to the worker, so the viewer is never held for many decodings.
+        single = len(changed) == 1
         for key in changed:
-            self._submit(session, key, prompts.get(key), context, write)
+            self._submit(session, key, prompts.get(key), context, write, may_inline=single)
         return len(changed)
 
     def forget(self, session: EngineSession, obj_id: int) -> None:
@@ -306,10 +309,11 @@ class EngineLink:
         self.jobs.stop_background()  # the neighbours of the slice the user left are not needed
         self.jobs.submit(job)
 
-    def _submit(self, session, key, prompt: Prompt | None, context, write: bool) -> None:
+    def _submit(
+        self, session, key, prompt: Prompt | None, context, write: bool, *, may_inline: bool
+    ) -> None:
         obj_id, frame = key
-
-        inline = self._can_run_inline(session, frame, prompt)
+        inline = may_inline and self._can_run_inline(session, frame, prompt)
 
         def work():
             tracker = session.tracker
