@@ -37,7 +37,7 @@ def link_and_session(model, monkeypatch):
     written: list[int] = []
     link = EngineLink(
         JobQueue(runner, lambda _busy: None),
-        on_result=lambda _s, frame, _logits, _c: written.append(frame),
+        on_result=lambda _s, frame, _logits, _c, _obj: written.append(frame),
         on_error=lambda err: pytest.fail(f"the job failed: {err}"),
     )
     tracker = Tracker(model, small_stack())

@@ -191,6 +191,7 @@ def test_a_click_on_a_cached_slice_is_segmented_at_once_and_slow_ones_go_to_the_
     # No waiting: the mask is in the layer when the click's event returns.
     assert on_main == [True] and idle(widget)
     assert frames_with(a.layers.labels, 2) == {2}
+    assert widget.state.status == "Segmented object 2 on slice 2."
 
     # Decodings slower than the budget, twice in a row: the next clicks go to the worker.
     monkeypatch.setattr(sync, "INLINE_BUDGET_S", 0.0)

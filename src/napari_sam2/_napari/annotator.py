@@ -838,7 +838,9 @@ class Annotator:
         self.jobs.submit(Job(name, None, on_start=erase))
 
     # ------------------------------------------------------------------ writing
-    def _write_result(self, session: EngineSession, frame: int, logits: dict, context) -> None:
+    def _write_result(
+        self, session: EngineSession, frame: int, logits: dict, context, obj_id: int
+    ) -> None:
         labels = context.get("labels")
         work = self._work.get(id(session.image))
         if work is None:
@@ -863,6 +865,7 @@ class Annotator:
         step = context.get("step")
         if changed and step is not None:
             step.add_label_step(labels)
+        self.state.status = _edit_status(self.state.object_name(obj_id), frame, logits.get(obj_id))
 
     def shows(self, session: EngineSession, frame: int) -> bool:
         """Whether the viewer displays ``frame`` of ``session`` now (only that slice needs a
@@ -928,6 +931,16 @@ class Annotator:
             self.viewer.dims.events.current_step.disconnect(self._on_step)
         for work in self._work.values():
             work.layers.detach()
+
+
+def _edit_status(name: str, frame: int, logits) -> str:
+    """The status line after a prompt edit of object ``name`` on ``frame``, given its logits
+    there (None when the object was removed from the slice)."""
+    if logits is None:
+        return f"Cleared {name} on slice {frame}."
+    if not (logits > 0).any():
+        return f"No mask for {name} on slice {frame}: click inside the object, or box it."
+    return f"Segmented {name} on slice {frame}."
 
 
 def _unwrapped(obj):

@@ -137,8 +137,10 @@ class EngineLink:
 
     Args:
         jobs: the annotator's job queue.
-        on_result: ``on_result(session, frame, logits_by_id, context)`` on the main thread
-            with each segmentation's result (``context`` is what :meth:`send` was given).
+        on_result: ``on_result(session, frame, logits_by_id, context, obj_id)`` on the main
+            thread with each segmentation's result: the logits of every object on ``frame``
+            (None for an object removed there), ``context`` as :meth:`send` was given it, and
+            ``obj_id`` the object whose prompts changed.
         on_error: ``on_error(err)`` when a job fails.
         on_note: ``on_note(text)`` on the main thread with a session's feature store note.
     """
@@ -147,7 +149,7 @@ class EngineLink:
         self,
         jobs: JobQueue,
         *,
-        on_result: Callable[[EngineSession, int, dict, object], None],
+        on_result: Callable[[EngineSession, int, dict, object, int], None],
         on_error: Callable[[BaseException], None],
         on_note: Callable[[str], None] | None = None,
     ) -> None:
@@ -334,7 +336,7 @@ class EngineLink:
 
         def on_yield(item) -> None:
             if write:
-                self._on_result(session, item[0], item[1], context)
+                self._on_result(session, item[0], item[1], context, obj_id)
 
         def on_error(err: BaseException) -> None:
             # Forget the group so that the next edit sends it again.
@@ -346,8 +348,7 @@ class EngineLink:
         if not (inline and self.jobs.run_now(job)):
             self.jobs.submit(job)
 
-    @staticmethod
-    def _can_run_inline(session: EngineSession, frame: int, prompt: Prompt | None) -> bool:
+    def _can_run_inline(self, session: EngineSession, frame: int, prompt: Prompt | None) -> bool:
         """Whether a click's segmentation may run on the main thread, at once.
 
         With the slice's features in memory a click costs one mask decoding (about 50 ms at
@@ -363,7 +364,8 @@ class EngineLink:
         if prompt is None or not session.built:
             return False
         if session.inline_pause > 0:
-            session.inline_pause -= 1
+            if not self.jobs.busy:  # the pause counts clicks that could have run here
+                session.inline_pause -= 1
             return False
         tracker = session.tracker
         # A region tracker crops per object: its features are not the slice's.
