@@ -143,6 +143,8 @@ def _apply_prompt_file(args: argparse.Namespace) -> None:
                 setattr(args, option, settings[key])
         if args.range is None and settings.get("intensity_range") is not None:
             args.range = list(settings["intensity_range"])
+        if getattr(args, "roi", False) is None and settings.get("roi"):
+            args.roi = True  # made with "Work on a region around the object"; --no-roi: not
     args.model = args.model or DEFAULT_MODEL
     args.precision = args.precision or "auto"
 
@@ -337,8 +339,10 @@ def _plane_of_prompt_file(args: argparse.Namespace, image):
 
     plane = args.prompt_file.plane
     if tuple(image.shape[: len(plane.shape)]) != tuple(plane.shape):
+        level = args.prompt_file.settings.get("level") or 0
+        hint = f" (level {level} of a pyramid: give that level's array)" if level else ""
         raise CommandError(
-            f"{args.prompts} was made on an image of shape {tuple(plane.shape)}, but "
+            f"{args.prompts} was made on an image of shape {tuple(plane.shape)}{hint}, but "
             f"{args.stack} has shape {tuple(image.shape)}"
         )
     axes = engine_axes(plane)
@@ -650,10 +654,12 @@ def _add_segment_options(seg: argparse.ArgumentParser, prompts: bool = True) -> 
 def _add_roi_options(seg: argparse.ArgumentParser) -> None:
     seg.add_argument(
         "--roi",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="work on a region around each object instead of the whole slice squashed to the "
         "input size (for slices much larger than it): regions follow the objects and results "
-        "are pasted back at full resolution; one image encoding per object and slice",
+        "are pasted back at full resolution; one image encoding per object and slice. A prompt "
+        "file made so turns it on; --no-roi turns it off",
     )
     seg.add_argument(
         "--roi-margin",

@@ -57,6 +57,18 @@ def test_point_then_segment_honours_scale_and_translate(annotated, model, stack)
     assert viewer.layers.selection.active is a.layers.points
 
 
+def test_the_status_line_says_what_each_prompt_edit_did(annotated):
+    viewer, a = annotated
+    a.add_point(world(2, 30, 20))
+    assert a.state.status == "Segmented object 1 on slice 2."
+    a.rename_object(1, "nucleus")
+    a.add_point(world(2, 32, 20))
+    assert a.state.status == "Segmented nucleus on slice 2."
+    a.layers.points.data = a.layers.points.data[:0]  # the user deletes both clicks
+    assert a.state.status == "Cleared nucleus on slice 2."
+    assert not (a.layers.labels.data == 1).any()
+
+
 def test_objects_propagation_correction_and_undo_as_one_story(model, stack):
     stack = stack[:4]
     viewer, a = make(model, stack, scale=SCALE, translate=TRANSLATE)
@@ -348,12 +360,18 @@ def test_save_and_load_prompts_round_trip_with_names_boxes_and_masks(model, stac
     assert "bad.sam2.json" in said(b)[-1]
 
 
-def test_the_cli_replays_the_prompt_file_to_the_same_labels(model, stack, tmp_path, monkeypatch):
+@pytest.mark.parametrize("roi", [False, True], ids=["whole slices", "regions"])
+def test_the_cli_replays_the_prompt_file_to_the_same_labels(
+    model, stack, tmp_path, monkeypatch, roi
+):
     import tifffile
 
     from napari_sam2 import cli
+    from napari_sam2.engine import region_tracker
+    from napari_sam2.engine.prompt_store import read_prompt_file
 
     viewer, a = make(model, stack)
+    a.state.roi = roi
     a.add_point([1, 30, 20])
     a.new_object()
     a.add_box([1, 10, 30], [1, 40, 60])
@@ -361,15 +379,33 @@ def test_the_cli_replays_the_prompt_file_to_the_same_labels(model, stack, tmp_pa
     a.propagate("both")
     prompts = tmp_path / "cells.sam2.json"
     assert a.save_prompts(prompts)
+    settings = read_prompt_file(prompts).settings
+    assert settings["roi"] is roi and settings["level"] == 0
     tifffile.imwrite(tmp_path / "cells.tif", stack)
     monkeypatch.setattr(cli, "_build_model", lambda *args: model)
-    out = tmp_path / "labels.tif"
-    status = cli.main(
-        ["segment", str(tmp_path / "cells.tif"), "--prompts", str(prompts), "--out", str(out),
-         "--precision", "float32", "--device", "cpu", "-q"]
-    )  # fmt: skip
-    assert status == 0
-    np.testing.assert_array_equal(tifffile.imread(out), a.layers.labels.data)
+    regions = []
+
+    class CountedRegionTracker(region_tracker.RegionTracker):
+        def __init__(self, *args, **kwargs):
+            regions.append(kwargs.get("margin"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(region_tracker, "RegionTracker", CountedRegionTracker)
+
+    def replay(*extra):
+        out = tmp_path / f"labels{len(extra)}.tif"
+        status = cli.main(
+            ["segment", str(tmp_path / "cells.tif"), "--prompts", str(prompts), "--out", str(out),
+             "--precision", "float32", "--device", "cpu", "-q", *extra]
+        )  # fmt: skip
+        assert status == 0
+        return tifffile.imread(out)
+
+    np.testing.assert_array_equal(replay(), a.layers.labels.data)
+    assert len(regions) == int(roi), "the file's region setting is replayed"
+    if roi:
+        replay("--no-roi")
+        assert len(regions) == 1, "--no-roi overrides the file"
 
 
 LOOSE_AMG = {  # random weights: keep what the generator finds

@@ -58,6 +58,8 @@ def prompt_file_of(annotator, prompts: dict) -> PromptFile:
         "intensity_range": None if mode == "auto" else list(annotator.intensity_range()),
         "intensity_mode": mode,
         "precision": state.precision,
+        "roi": bool(state.roi),  # regions around the objects give other labels than whole slices
+        "level": geometry.level,  # the pyramid level whose coordinates the file holds
     }
     ordered = [prompts[key] for key in sorted(prompts, key=lambda k: (k[1], k[0]))]
     return PromptFile(ordered, objects, plane_of(geometry), settings)
