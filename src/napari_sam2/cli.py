@@ -441,9 +441,7 @@ class _SegmentAllPlan:
         except ValueError as err:
             raise CommandError(f"--image-size {args.image_size}: {_one_line(err)}") from None
         given = {
-            name: getattr(args, name)
-            for name in _AMG_OPTIONS
-            if getattr(args, name) is not None
+            name: getattr(args, name) for name in _AMG_OPTIONS if getattr(args, name) is not None
         }
         self.settings = AutomaticMaskSettings.from_options(**given)
         if not 0.0 <= args.same_object_iou <= 1.0:
@@ -680,9 +678,7 @@ def _add_direction_option(seg: argparse.ArgumentParser) -> None:
 
 def _add_model_options(seg: argparse.ArgumentParser) -> None:
     """The network and frame-layout options (shared with ``precompute`` and ``batch``)."""
-    seg.add_argument(
-        "--model", default=None, help=f"preset name (default: {DEFAULT_MODEL})"
-    )
+    seg.add_argument("--model", default=None, help=f"preset name (default: {DEFAULT_MODEL})")
     seg.add_argument(
         "--checkpoint",
         metavar="FILE",
@@ -756,9 +752,7 @@ def _add_segment_all(commands) -> None:
             metavar="N" if name in number else "X",
             help=defaults[name],
         )
-    every.set_defaults(
-        handler=_run_segment_all, points=None, boxes=None, prompts=None, masks=None
-    )
+    every.set_defaults(handler=_run_segment_all, points=None, boxes=None, prompts=None, masks=None)
 
 
 def _add_prompt_options(seg: argparse.ArgumentParser) -> None:

@@ -177,6 +177,7 @@ def test_a_click_on_a_cached_slice_is_segmented_at_once_and_slow_ones_go_to_the_
 
     user, widget = annotating
     a = widget.annotator
+    monkeypatch.setattr(sync, "INLINE_BUDGET_S", 60.0)  # a loaded CI machine is no reason here
     first_click(user, widget, qtbot)  # slice 2's features are now in memory
     on_main = []
     decode = Tracker.set_prompts
