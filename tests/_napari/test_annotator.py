@@ -144,6 +144,12 @@ def test_clear_slice_and_clear_object(annotated):
     a.clear_object()
     assert not (labels == 1).any() and len(a.layers.points.data) == 0
     assert a.state.object_ids == [1], "clear object keeps the object in the list"
+    a.add_point(world(0, 30, 20))
+    viewer.dims.set_point(0, world(0, 0, 0)[0])
+    a.clear_slice()
+    a.undo()
+    assert a.state.status == "Undid clear slice.", "slice 0 is cleared as a slice"
+    assert (labels[0] == 1).any()
 
 
 def test_new_object_skips_painted_labels(annotated):

@@ -810,7 +810,10 @@ class Annotator:
             self.state.objects = tuple(remaining)
             if self.state.current_object == obj_id:
                 self.state.current_object = remaining[-1].id if remaining else None
-        name = "delete object" if not keep_object else ("clear slice" if frame else "clear object")
+        if not keep_object:
+            name = "delete object"
+        else:  # slice 0 is a slice too
+            name = "clear object" if frame is None else "clear slice"
         step = self.record_step(name, before)
         labels = work.layers.labels
         session = None
