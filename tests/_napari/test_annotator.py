@@ -122,8 +122,9 @@ def test_delete_object_is_undoable_and_comes_back_in_the_list(annotated):
     labels = a.layers.labels.data
     assert (labels[1] == 1).any() and (labels[3] == 2).any()
     kept = labels.copy()
+    a.rename_object(1, "nucleus")
     a.delete_object(1)
-    assert a.state.object_ids == [2]
+    assert a.state.object_ids == [2] and a.state.status == "Deleted nucleus."
     assert not (labels == 1).any() and (labels[3] == 2).any()
     assert list(a.layers.points.features["object"]) == [2]
     a.undo()
@@ -138,10 +139,12 @@ def test_clear_slice_and_clear_object(annotated):
     a.add_point(world(3, 30, 20))
     viewer.dims.set_point(0, world(1, 0, 0)[0])
     a.clear_slice()
+    assert a.state.status == "Cleared object 1 on slice 1."
     labels = a.layers.labels.data
     assert not (labels[1] == 1).any() and (labels[3] == 1).any()
     assert len(a.layers.points.data) == 1
     a.clear_object()
+    assert a.state.status == "Cleared object 1 on every slice."
     assert not (labels == 1).any() and len(a.layers.points.data) == 0
     assert a.state.object_ids == [1], "clear object keeps the object in the list"
     a.add_point(world(0, 30, 20))

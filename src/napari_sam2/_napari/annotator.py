@@ -791,6 +791,7 @@ class Annotator:
         if work is None or obj_id is None or obj_id not in self.state.object_ids:
             return
         before = work.snapshot or self.snapshot()
+        shown_name = self.state.object_name(obj_id)
         geometry = self.geometry()
         frame_of = None
         if frame is not None:
@@ -815,6 +816,12 @@ class Annotator:
         else:  # slice 0 is a slice too
             name = "clear object" if frame is None else "clear slice"
         step = self.record_step(name, before)
+        if not keep_object:
+            self.state.status = f"Deleted {shown_name}."
+        elif frame is None:
+            self.state.status = f"Cleared {shown_name} on every slice."
+        else:
+            self.state.status = f"Cleared {shown_name} on slice {frame}."
         labels = work.layers.labels
         session = None
         with contextlib.suppress(ValueError):
