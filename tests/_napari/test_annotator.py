@@ -176,6 +176,7 @@ def test_brush_edit_becomes_a_mask_prompt_kept_by_propagation(model, stack):
         labels.data_setitem(erase, 0)
     edited = labels.data[2].copy()
     assert a.session().tracker.prompted_frames(1) == [2]
+    assert a.state.status == "Painted object 1 on slice 2: it is that slice's prompt now."
     a.propagate("both")
     np.testing.assert_array_equal(labels.data[2], edited)  # the edit is never overwritten
     assert (labels.data[3] == 1).any()

@@ -730,10 +730,18 @@ class Annotator:
         touched = _touched(atoms, geometry)
         before = work.snapshot or self.snapshot()
         objects = set(self.state.object_ids)
+        edited = []
         for frame, ids in touched.items():
             frame_labels = np.asarray(labels.data[geometry.frame_slice(frame)])
             for obj_id in ids & objects:
                 work.painted[(obj_id, frame)] = frame_labels == obj_id
+                edited.append((obj_id, frame))
+        if len(edited) == 1:
+            obj_id, frame = edited[0]
+            name = self.state.object_name(obj_id)
+            self.state.status = f"Painted {name} on slice {frame}: it is that slice's prompt now."
+        elif edited:
+            self.state.status = f"Painted {len(edited)} object slices: each is a prompt now."
         step = self.record_step("paint", before)
         step.add_label_step(labels)
         self.sync(write=False)
