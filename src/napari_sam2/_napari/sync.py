@@ -351,12 +351,11 @@ class EngineLink:
     def _can_run_inline(self, session: EngineSession, frame: int, prompt: Prompt | None) -> bool:
         """Whether a click's segmentation may run on the main thread, at once.
 
-        With the slice's features in memory a click costs one mask decoding (about 50 ms at
-        input size 1024 on a 2-core CPU, a few ms on a GPU). Handing that to a worker costs
-        more than it saves: the thread hand-offs, and napari redrawing the new point while
-        torch computes on the same cores, made a click 2.2-2.7x the decoding alone
-        (docs/benchmarks.md). Here the point and its mask are drawn once, together. Two
-        decodings in a row longer than :data:`INLINE_BUDGET_S` send the session's next
+        With the slice's features in memory a click costs one mask decoding (about 50-60 ms
+        at input size 1024 on a 2-core CPU). In a worker it cost more: napari redrawing the
+        new point while torch decodes on the same cores made a click 2.2-2.7x the decoding
+        alone (docs/benchmarks.md). Here the point and its mask are drawn once, together.
+        Two decodings in a row longer than :data:`INLINE_BUDGET_S` send the session's next
         :data:`INLINE_RETRY_AFTER` clicks to the worker (:meth:`EngineSession.inline_took`),
         so the viewer never stalls long. Only a click on an idle queue runs here
         (:meth:`JobQueue.run_now`).
