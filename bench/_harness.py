@@ -108,6 +108,19 @@ def build_pair(preset: str, image_size: int, device: torch.device):
     return ours.to(device).eval(), oracle.to(device).eval()
 
 
+def random_model(preset: str, image_size: int, *, object_bias: float | None = 5.0):
+    """Our network with seed-0 random weights; ``object_bias`` fills the object-score head's
+    last bias so that masks are neither empty nor absent (None: left as initialised). The
+    benchmarks that drive the dock or the command line save it as a checkpoint file."""
+    from napari_sam2.model import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2(preset, image_size=image_size)
+    if object_bias is not None:
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(object_bias)
+    return model
+
+
 def feed_oracle_frames(frame_source, image_size: int, device: torch.device, cache=None):
     """Replace the oracle's video loader: it gets (T, 3, S, S) float32 from ``frame_source``,
     our own preprocessing, on ``device`` as its loader would put them. ``cache`` (a dict) keeps

@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-from _harness import SyntheticStack, cpu_model
+from _harness import SyntheticStack, cpu_model, random_model
 from precompute import worker_memory, write_stack
 
 from napari_sam2 import cli
 from napari_sam2.distributed.cluster import connect
 from napari_sam2.engine.prompt_files import Prompt, write_points_csv
-from napari_sam2.model import build_sam2
 
 
 def labels_in_ram() -> None:
@@ -100,9 +99,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as temp:
         folder = Path(temp)
         checkpoint = folder / "random.pt"
-        torch.manual_seed(0)
-        model = build_sam2(args.preset, image_size=args.image_size)
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+        model = random_model(args.preset, args.image_size)
         torch.save({"model": model.state_dict()}, checkpoint)
         del model
         print(f"# {cpu_model()}; {os.cpu_count()} cores; {args.preset} random weights at "

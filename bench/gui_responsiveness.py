@@ -198,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     import torch
+    from _harness import random_model
     from qtpy.QtWidgets import QApplication
 
     from napari_sam2._qt.widget import AnnotatorWidget
     from napari_sam2._sample_data import make_demo_stack
     from napari_sam2.engine.tracker import Tracker
-    from napari_sam2.model import build_sam2
 
     stack = make_demo_stack((args.frames, args.side, args.side))
     start = args.frames // 2
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         app.processEvents()
 
     # 1. model load from a checkpoint file, in a worker.
-    torch.manual_seed(0)
-    reference = build_sam2(args.preset, image_size=args.image_size)
-    reference.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    reference = random_model(args.preset, args.image_size)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{args.preset}.pt"
         torch.save({"model": reference.state_dict()}, path)

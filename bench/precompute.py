@@ -41,12 +41,11 @@ from pathlib import Path
 
 import tifffile
 import torch
-from _harness import SyntheticStack, cpu_model
+from _harness import SyntheticStack, cpu_model, random_model
 
 from napari_sam2.distributed.cluster import connect
 from napari_sam2.distributed.precompute import FeatureJob, precompute
 from napari_sam2.distributed.worker import ModelOptions
-from napari_sam2.model import build_sam2
 
 
 def write_stack(path: Path, frames: int, side: int) -> Path:
@@ -162,8 +161,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as temp:
         folder = Path(temp)
         checkpoint = folder / "random.pt"
-        torch.manual_seed(0)
-        model = build_sam2(args.preset, image_size=args.image_size)
+        model = random_model(args.preset, args.image_size, object_bias=None)  # features only
         torch.save({"model": model.state_dict()}, checkpoint)
         del model
         print(f"# {cpu_model()}; {os.cpu_count()} cores; {args.preset} random weights at "

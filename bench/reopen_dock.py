@@ -50,16 +50,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_sam2._qt.widget import AnnotatorWidget
     from napari_sam2._sample_data import make_demo_stack
-    from napari_sam2.model import build_sam2
 
     if args.threads:
         torch.set_num_threads(args.threads)  # one thread: steadier on a machine shared with others
     sys_path_bench()
+    from _harness import random_model
     from gui_responsiveness import close_notifications, wait_idle
 
-    torch.manual_seed(0)
-    model = build_sam2(args.preset, image_size=args.image_size)
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    model = random_model(args.preset, args.image_size)
     stack = make_demo_stack((args.frames, args.side, args.side))
     step = args.frames // (args.slices + 1)
     slices = [step * (k + 1) for k in range(args.slices)]

@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
+from _harness import random_model
 
 from napari_sam2.engine.region_tracker import RegionTracker
 from napari_sam2.engine.tracker import Tracker
-from napari_sam2.model import build_sam2
 
 
 def stack_of(frames: int, side: int, objects: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -61,9 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_sam2("sam2.1_hiera_tiny", image_size=args.image_size)
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    model = random_model("sam2.1_hiera_tiny", args.image_size)
     threads = torch.get_num_threads()
     print(f"{args.frames} x {args.side}^2 uint16, input {args.image_size}, {threads} threads")
     print("objects | plain clicks s | roi clicks s | plain s/slice | roi s/slice | roi/plain")
