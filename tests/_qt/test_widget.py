@@ -88,6 +88,20 @@ def first_click(user, widget, qtbot) -> None:
     )
 
 
+def propagate_with_shift_p(user, widget, qtbot) -> list[str]:
+    """Press Shift+P and wait until the propagation has ended and its bar is hidden; returns
+    the dock's progress texts shown meanwhile."""
+    seen = []
+    widget.state.events.progress.connect(
+        lambda e: seen.append(widget.progress_text.value) if e.value is not None else None
+    )
+    user.key(Qt.Key_P, Qt.ShiftModifier)
+    qtbot.waitUntil(
+        lambda: idle(widget) and not widget.progress_bar.isVisible(), timeout=TIMEOUT_MS
+    )
+    return seen
+
+
 def click_data(user, layer, row, col, **kwargs):
     user.click(user.world_of_data(layer, (row, col)), **kwargs)
 
@@ -209,15 +223,7 @@ def test_shift_p_propagates_with_progress_and_undo_in_the_worker(annotating, qtb
     user, widget = annotating
     a = widget.annotator
     first_click(user, widget, qtbot)
-    seen = []
-    widget.state.events.progress.connect(
-        lambda e: seen.append(widget.progress_text.value) if e.value is not None else None
-    )
-
-    user.key(Qt.Key_P, Qt.ShiftModifier)
-    qtbot.waitUntil(
-        lambda: idle(widget) and not widget.progress_bar.isVisible(), timeout=TIMEOUT_MS
-    )
+    seen = propagate_with_shift_p(user, widget, qtbot)
     assert frames_with(a.layers.labels) == set(range(5))
     assert any("/ 5 slices" in text and "s per slice" in text for text in seen)
     assert "Propagated 1 object(s) through 5 slice(s)" in widget.status.value
@@ -433,14 +439,7 @@ def test_every_object_buttons_in_the_dock(annotating, qtbot):
     assert set(np.unique(np.asarray(a.layers.labels.data)[2])) - {0} == found
 
     # Propagate tracks every found object at once, in the worker, with progress and one undo.
-    seen = []
-    widget.state.events.progress.connect(
-        lambda e: seen.append(widget.progress_text.value) if e.value is not None else None
-    )
-    user.key(Qt.Key_P, Qt.ShiftModifier)
-    qtbot.waitUntil(
-        lambda: idle(widget) and not widget.progress_bar.isVisible(), timeout=TIMEOUT_MS
-    )
+    seen = propagate_with_shift_p(user, widget, qtbot)
     data = np.asarray(a.layers.labels.data)
     for obj_id in found:
         assert frames_with(a.layers.labels, obj_id) - {2}, f"object {obj_id} was not tracked"
