@@ -247,10 +247,9 @@ def test_existing_output_is_replaced_only_with_overwrite(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".napari-sam2-tmp")]
 
 
-def test_ctrl_c_keeps_the_finished_frames(tmp_path, stack_file, points_file, monkeypatch, capsys):
-    _fake_model(monkeypatch)
-    out = tmp_path / "labels.tif"
-    out.write_bytes(b"the previous result")
+def interrupt_after_two_frames(monkeypatch) -> None:
+    """Make ``segment``'s progress bar raise KeyboardInterrupt (a Ctrl+C) once two frames are
+    done."""
     real_update = cli._ProgressBar.update
 
     def interrupt_after_two(self, done, total):
@@ -259,6 +258,13 @@ def test_ctrl_c_keeps_the_finished_frames(tmp_path, stack_file, points_file, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli._ProgressBar, "update", interrupt_after_two)
+
+
+def test_ctrl_c_keeps_the_finished_frames(tmp_path, stack_file, points_file, monkeypatch, capsys):
+    _fake_model(monkeypatch)
+    out = tmp_path / "labels.tif"
+    out.write_bytes(b"the previous result")
+    interrupt_after_two_frames(monkeypatch)
     status, _, err = run(
         ["segment", stack_file, "--points", points_file, "--out", out, "--overwrite",
          "--direction", "forward"],

@@ -14,6 +14,7 @@ from napari_sam2.engine.io import write_labels
 from napari_sam2.engine.label_buffer import LabelBuffer, label_volume
 from napari_sam2.engine.prompt_files import Prompt, write_points_csv
 from tests.test_api import CENTRE, biased_random_model, disc_stack
+from tests.test_cli import interrupt_after_two_frames
 
 
 def _leftovers(folder):
@@ -117,14 +118,7 @@ def test_segment_on_disk_writes_the_same_file(tmp_path, inputs, monkeypatch):
 def test_segment_on_disk_keeps_the_finished_frames_on_ctrl_c(tmp_path, inputs, monkeypatch):
     stack, points = inputs
     monkeypatch.setattr(label_buffer, "DISK_LABELS_BYTES", 0)
-    real_update = cli._ProgressBar.update
-
-    def interrupt_after_two(self, done, total):
-        real_update(self, done, total)
-        if done == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli._ProgressBar, "update", interrupt_after_two)
+    interrupt_after_two_frames(monkeypatch)
     out = tmp_path / "labels.tif"
     assert _segment(stack, points, out, "--direction", "forward") == cli.EXIT_INTERRUPTED
     assert not out.exists() and not _leftovers(tmp_path)
