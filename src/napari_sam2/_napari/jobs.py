@@ -71,7 +71,6 @@ class Job:
     on_start: Callable[[], None] = _ignore
     key: object = None
     background: bool = False
-    cancelled: bool = False
     failed: BaseException | None = None
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
     _cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -79,13 +78,17 @@ class Job:
 
     def cancel(self) -> None:
         """Ask the work to stop at its next yield; results already delivered are kept."""
-        self.cancelled = True
         self._cancel_requested.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancel_requested.is_set()
 
     def sleep(self, seconds: float) -> bool:
         """In the work: wait ``seconds``, or less if the job is cancelled meanwhile; returns
         whether it was cancelled."""
-        return self._cancel_requested.wait(max(seconds, 0.0)) or self.cancelled
+        return self._cancel_requested.wait(max(seconds, 0.0))
 
     @property
     def finished(self) -> bool:
